@@ -1,0 +1,33 @@
+# One gate for every commit: make check.
+GO ?= go
+BIN := $(CURDIR)/.bin
+
+.PHONY: check fmt vet staticcheck test tidy tools build e2e
+
+check: fmt vet staticcheck tidy test
+
+tools:
+	./scripts/install-tools.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	@test -x $(BIN)/staticcheck || ./scripts/install-tools.sh staticcheck
+	$(BIN)/staticcheck ./...
+
+tidy:
+	@cp go.mod /tmp/go.mod.check; cp go.sum /tmp/go.sum.check; \
+	$(GO) mod tidy; \
+	if ! cmp -s go.mod /tmp/go.mod.check || ! cmp -s go.sum /tmp/go.sum.check; then \
+		echo "go mod tidy changed go.mod/go.sum; commit the result"; exit 1; fi
+
+test:
+	$(GO) test -race ./...
