@@ -1,0 +1,226 @@
+package flows
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// KeyFromAddrPorts returns the key of the connection between a and b, and
+// false if the two are not both IPv4 or both IPv6 (an IPv4-mapped IPv6
+// address counts as IPv4, as it does on the wire).
+func KeyFromAddrPorts(a, b netip.AddrPort) (Key, bool) {
+	aa, ba := a.Addr().Unmap(), b.Addr().Unmap()
+	if !aa.IsValid() || !ba.IsValid() || aa.Is4() != ba.Is4() {
+		return Key{}, false
+	}
+	var x, y [16]byte
+	if aa.Is4() {
+		a4, b4 := aa.As4(), ba.As4()
+		copy(x[:], a4[:])
+		copy(y[:], b4[:])
+	} else {
+		x, y = aa.As16(), ba.As16()
+	}
+	return makeKey(x, a.Port(), y, b.Port(), !aa.Is4()), true
+}
+
+// sideOf says which endpoint of key ep is.
+func sideOf(key Key, ep netip.AddrPort) side {
+	var b [16]byte
+	if a := ep.Addr().Unmap(); a.Is4() {
+		a4 := a.As4()
+		copy(b[:], a4[:])
+	} else {
+		b = a.As16()
+	}
+	switch {
+	case key.A == key.B && key.PA == key.PB:
+		return sideUnknown
+	case b == key.A && ep.Port() == key.PA:
+		return sideA
+	case b == key.B && ep.Port() == key.PB:
+		return sideB
+	}
+	return sideUnknown
+}
+
+// side says which endpoint of a Key is the local socket.
+type side uint8
+
+const (
+	sideUnknown side = iota
+	sideA
+	sideB
+)
+
+// A claim is a UUID announced for a 4-tuple. It is handed to at most one
+// flow. The registry writes closedAt and replaced, the owning worker reads
+// them: both are atomics, so a worker never takes the registry's lock to
+// learn of a Close.
+type claim struct {
+	uuid   string
+	key    Key
+	opened time.Time // when the socket was seen alive; names the date folder
+	local  side
+	// closedAt is the Close event's timestamp in Unix nanoseconds, 0 while
+	// open. tcp-info stamps a Close late (up to a poll batch), so it only
+	// ever delays the end of a flow.
+	closedAt atomic.Int64
+	// replaced is set when a socket seen later names the same 4-tuple.
+	replaced atomic.Bool
+	// ended is when the owning flow ended (Unix nanoseconds).
+	ended atomic.Int64
+	taken bool // guarded by Registry.mu
+}
+
+// maxClaimsPerKey bounds the sockets remembered per 4-tuple.
+const maxClaimsPerKey = 8
+
+// Registry joins UUIDs from tcp-info's eventsocket (or another source) with
+// the flows the workers see. It is safe for concurrent use: the event
+// sources feed it while every worker looks up its new flows.
+//
+// Several sockets may use one 4-tuple in a short time (a reused port), and
+// events arrive late and out of step with packets (tcp-info polls every
+// 10 ms and may hold events for hundreds of milliseconds). So the registry
+// keeps, per 4-tuple, the recent claims ordered by the time their socket
+// was seen, and the worker that owns the tuple matches each claim to the
+// connection that was live at that time. A claim is handed out once.
+// Claims live while their socket is open and for Retention after it closed
+// or after its flow ended, so that a flow which resumes after -flowtimeout
+// cannot take the same UUID again (one file per UUID).
+type Registry struct {
+	retention  time.Duration
+	maxEntries int
+	m          *metrics
+
+	mu     sync.Mutex
+	byKey  map[Key][]*claim // each sorted by opened
+	byUUID map[string]*claim
+}
+
+func newRegistry(retention time.Duration, maxEntries int, m *metrics) *Registry {
+	return &Registry{
+		retention:  retention,
+		maxEntries: maxEntries,
+		m:          m,
+		byKey:      make(map[Key][]*claim),
+		byUUID:     make(map[string]*claim),
+	}
+}
+
+// Open records that the socket local↔remote is named uuid and was alive at
+// ts. Repeated Opens of one UUID are ignored.
+func (r *Registry) Open(ts time.Time, uuid string, local, remote netip.AddrPort) {
+	key, ok := KeyFromAddrPorts(local, remote)
+	if !ok {
+		r.m.badEvents.WithLabelValues("bad_tuple").Inc()
+		return
+	}
+	r.open(ts, uuid, key, sideOf(key, local))
+}
+
+func (r *Registry) open(ts time.Time, uuid string, key Key, s side) {
+	r.m.uuids.Inc()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.byUUID[uuid]; ok {
+		if old.key == key {
+			return
+		}
+		// The same UUID for another tuple: tcp-info never does this. The
+		// later event wins.
+		r.remove(old)
+	}
+	if r.maxEntries > 0 && len(r.byUUID) >= r.maxEntries {
+		r.m.badEvents.WithLabelValues("registry_full").Inc()
+		return
+	}
+	c := &claim{uuid: uuid, key: key, opened: ts, local: s}
+	list := r.byKey[key]
+	i, _ := slices.BinarySearchFunc(list, ts, func(c *claim, t time.Time) int { return c.opened.Compare(t) })
+	list = slices.Insert(list, i, c)
+	for _, older := range list[:i] {
+		older.replaced.Store(true)
+	}
+	if i < len(list)-1 {
+		c.replaced.Store(true)
+	}
+	if len(list) > maxClaimsPerKey {
+		delete(r.byUUID, list[0].uuid)
+		list = slices.Delete(list, 0, 1)
+	}
+	r.byKey[key] = list
+	r.byUUID[uuid] = c
+	r.m.registryEntries.Set(float64(len(r.byUUID)))
+}
+
+// remove forgets c; r.mu must be held.
+func (r *Registry) remove(c *claim) {
+	delete(r.byUUID, c.uuid)
+	list := slices.DeleteFunc(r.byKey[c.key], func(x *claim) bool { return x == c })
+	if len(list) == 0 {
+		delete(r.byKey, c.key)
+	} else {
+		r.byKey[c.key] = list
+	}
+}
+
+// Close records that the socket named uuid closed at ts. Unknown UUIDs are
+// ignored: the Open may have come before this process connected.
+func (r *Registry) Close(ts time.Time, uuid string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.byUUID[uuid]; c != nil && c.closedAt.Load() == 0 {
+		c.closedAt.Store(max(ts.UnixNano(), 1))
+	}
+}
+
+// candidates appends to buf the claims for key not handed out yet, oldest
+// first.
+func (r *Registry) candidates(key Key, _ time.Time, buf []*claim) []*claim {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.byKey[key] {
+		if !c.taken {
+			buf = append(buf, c)
+		}
+	}
+	return buf
+}
+
+// take hands c out, if nobody has taken it yet.
+func (r *Registry) take(c *claim) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.taken {
+		return false
+	}
+	c.taken = true
+	return true
+}
+
+// Expire forgets claims whose socket closed, or whose flow ended, more than
+// the retention before now.
+func (r *Registry) Expire(now time.Time) {
+	limit := now.Add(-r.retention).UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.byUUID {
+		closed, ended := c.closedAt.Load(), c.ended.Load()
+		if (closed != 0 && closed < limit) || (ended != 0 && ended < limit) {
+			r.remove(c)
+		}
+	}
+	r.m.registryEntries.Set(float64(len(r.byUUID)))
+}
+
+// Len returns the number of UUIDs the registry holds.
+func (r *Registry) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byUUID)
+}
