@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/headercap/headercap/anonymize"
+)
+
+func TestEveryFlagHasItsEnvVar(t *testing.T) {
+	cfg := defaultConfig()
+	fs := newFlagSet(&cfg, io.Discard)
+	envs := map[string]bool{}
+	for _, e := range envNames() {
+		envs[e] = true
+	}
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		n++
+		want := envName(f.Name)
+		if !envs[want] {
+			t.Errorf("flag -%s: no environment variable %s", f.Name, want)
+		}
+		if !strings.Contains(f.Usage, "(env "+want+")") {
+			t.Errorf("flag -%s: help does not name %s", f.Name, want)
+		}
+	})
+	if n != len(envs) {
+		t.Errorf("%d flags, %d environment variables", n, len(envs))
+	}
+	for _, name := range []string{"anonymize.ip", "captureduration", "datadir", "flowtimeout", "interface",
+		"maxheadersize", "maxidleram", "maxheap", "maxflows", "prometheusx.listen-address", "sigtermwait",
+		"stream", "tcpinfo.eventsocket", "uuidwaitduration"} {
+		if fs.Lookup(name) == nil {
+			t.Errorf("seed flag -%s missing", name)
+		}
+	}
+}
+
+func TestSeedDefaults(t *testing.T) {
+	cfg := defaultConfig()
+	fs := newFlagSet(&cfg, io.Discard)
+	for name, want := range map[string]string{
+		"anonymize.ip": "none", "captureduration": "30s", "datadir": ".", "flowtimeout": "30s",
+		"maxheadersize": "256", "maxidleram": "3GB", "maxheap": "8GB", "maxflows": "0",
+		"prometheusx.listen-address": ":9990", "sigtermwait": "1s", "stream": "false",
+		"tcpinfo.eventsocket": "", "uuidwaitduration": "5s",
+	} {
+		if got := fs.Lookup(name).DefValue; got != want {
+			t.Errorf("-%s default %q, want %q", name, got, want)
+		}
+	}
+}
+
+func TestEnvAndFlags(t *testing.T) {
+	t.Setenv("TCPINFO_EVENTSOCKET", "/run/tcpinfo.sock")
+	t.Setenv("ANONYMIZE_IP", "netblock")
+	t.Setenv("MAXHEAP", "2GB")
+	t.Setenv("INTERFACE", "lo")
+	t.Setenv("CAPTUREDURATION", "10s")
+	cfg, err := parseConfig([]string{"-captureduration=20s"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.EventSocket != "/run/tcpinfo.sock" || cfg.AnonymizeIP != anonymize.Netblock || cfg.MaxHeap != 2*gigabyte {
+		t.Errorf("environment not applied: %+v", cfg)
+	}
+	if cfg.CaptureDuration != 20*time.Second {
+		t.Errorf("command line does not win: %v", cfg.CaptureDuration)
+	}
+	if strings.Join(cfg.Interfaces.values, ",") != "lo" {
+		t.Errorf("interfaces %v", cfg.Interfaces.values)
+	}
+	// A command-line -interface replaces the environment's list.
+	cfg, err = parseConfig([]string{"-interface", "lo", "-interface", "lo"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Interfaces.values, ",") != "lo,lo" {
+		t.Errorf("interfaces %v", cfg.Interfaces.values)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	t.Setenv("TCPINFO_EVENTSOCKET", "/run/tcpinfo.sock")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-anonymize.ip=full"}, "unknown anonymization method"},
+		{[]string{"-uuidwaitduration=40s"}, "must not be longer than -captureduration"},
+		{[]string{"-interface=hc-no-such0"}, "no such interface"},
+		{[]string{"-maxheadersize=10"}, "between 54 and 65535"},
+		{[]string{"-maxheap=lots"}, "invalid size"},
+		{[]string{"-read.events=x"}, "needs -read"},
+		{[]string{"-read=/nonexistent/file.pcap"}, "-read"},
+		{[]string{"extra"}, "unexpected arguments"},
+	} {
+		_, err := parseConfig(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+	t.Setenv("TCPINFO_EVENTSOCKET", "")
+	if _, err := parseConfig(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "-tcpinfo.eventsocket is required") {
+		t.Errorf("no eventsocket: err = %v", err)
+	}
+	t.Setenv("ANONYMIZE_IP", "bogus")
+	if _, err := parseConfig(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "ANONYMIZE_IP") {
+		t.Errorf("bad env: err = %v", err)
+	}
+}
+
+func TestHelpListsEnv(t *testing.T) {
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"-help"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, e := range envNames() {
+		if !strings.Contains(out.String(), e) {
+			t.Errorf("-help does not mention %s", e)
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]byteSize{
+		"256": 256, "256B": 256, "64KB": 64000, "3GB": 3e9, "8G": 8e9, "1MB": 1e6, "2GiB": 2 << 30, "1KiB": 1024,
+	} {
+		var b byteSize
+		if err := b.Set(in); err != nil || b != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"", "GB", "-1", "1.5GB", "3XB", "99999999999999999999", "9999999999999GB", "1iB"} {
+		var b byteSize
+		if err := b.Set(in); err == nil {
+			t.Errorf("Set(%q) accepted: %d", in, b)
+		}
+	}
+	if s := byteSize(3 * gigabyte).String(); s != "3GB" {
+		t.Errorf("String() = %q", s)
+	}
+}

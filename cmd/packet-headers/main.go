@@ -1,0 +1,345 @@
+// Command packet-headers captures the packet headers of every TCP flow on the
+// host into one pcap file per flow, named by the flow's tcp-info UUID. It is a
+// drop-in replacement for m-lab/packet-headers: same flags, environment
+// variables, metric names and on-disk layout. See the README for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	rtmetrics "runtime/metrics"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/headercap/headercap/capture"
+	"github.com/headercap/headercap/events"
+	"github.com/headercap/headercap/flows"
+)
+
+func main() {
+	log.SetFlags(log.LstdFlags | log.LUTC)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		log.Printf("packet-headers: %v", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args and the environment, then captures until ctx is done (or,
+// with -read, until the file is processed).
+func run(ctx context.Context, args []string) error {
+	cfg, err := parseConfig(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.Read != "" {
+		return runFile(ctx, cfg, reg)
+	}
+	return runLive(ctx, cfg, reg)
+}
+
+func flowsConfig(cfg config) flows.Config {
+	return flows.Config{
+		DataDir:         cfg.DataDir,
+		CaptureDuration: cfg.CaptureDuration,
+		FlowTimeout:     cfg.FlowTimeout,
+		UUIDWait:        cfg.UUIDWait,
+		MaxHeaderSize:   int(cfg.MaxHeaderSize),
+		Anonymize:       cfg.AnonymizeIP,
+		MaxFlows:        cfg.MaxFlows,
+		MaxHeap:         uint64(cfg.MaxHeap),
+	}
+}
+
+func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
+	ifaces := cfg.Interfaces.values
+	if len(ifaces) == 0 {
+		var err error
+		if ifaces, err = capture.DefaultInterfaces(); err != nil {
+			return err
+		}
+	}
+	fl, err := flows.New(flowsConfig(cfg), reg)
+	if err != nil {
+		return err
+	}
+	if st, err := fl.Recover(); err != nil {
+		return fmt.Errorf("recover %s: %w", cfg.DataDir, err)
+	} else if st.Salvaged+st.Removed > 0 {
+		log.Printf("recovered %d flows of an earlier run, removed %d temporary files", st.Salvaged, st.Removed)
+	}
+	live, err := capture.NewLive(capture.Config{
+		Interfaces: ifaces,
+		Workers:    cfg.Workers,
+		SnapLen:    int(cfg.MaxHeaderSize),
+	}, func(i int) capture.Handler { return fl.NewWorker(i) }, reg)
+	if err != nil {
+		return err
+	}
+	registry := fl.Registry()
+	client, err := events.NewClient(events.ClientConfig{Path: cfg.EventSocket}, func(ev events.Event) {
+		feed(registry, ev)
+	}, reg)
+	if err != nil {
+		return err
+	}
+	srv, err := serveMetrics(cfg.PrometheusListen, reg)
+	if err != nil {
+		return err
+	}
+
+	// Capture stops -sigtermwait after ctx is done; the event client and the
+	// metrics server live until every flow is written.
+	captureCtx, stopCapture := context.WithCancel(context.Background())
+	defer stopCapture()
+	auxCtx, stopAux := context.WithCancel(context.Background())
+	defer stopAux()
+	flowsDone := make(chan struct{})
+	go func() { fl.Run(); close(flowsDone) }()
+
+	g, gctx := errgroup.WithContext(auxCtx)
+	g.Go(func() error { return client.Run(gctx) })
+	g.Go(func() error { return srv.run(gctx) })
+	g.Go(func() error { freeIdleRAM(gctx, uint64(cfg.MaxIdleRAM)); return nil })
+
+	captureErr := make(chan error, 1)
+	go func() { captureErr <- live.Run(captureCtx) }()
+	log.Printf("capturing on %v into %s (eventsocket %s)", ifaces, cfg.DataDir, cfg.EventSocket)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Printf("stopping: capturing %v more, then finishing every flow", cfg.SigtermWait)
+		select {
+		case <-time.After(cfg.SigtermWait):
+		case runErr = <-captureErr:
+		}
+	case runErr = <-captureErr:
+	case <-gctx.Done():
+		// A component failed; g.Wait below returns its error.
+	}
+	stopCapture()
+	if runErr == nil {
+		runErr = <-captureErr
+	}
+	fl.Close()
+	<-flowsDone
+	stopAux()
+	if err := g.Wait(); err != nil && runErr == nil && !errors.Is(err, context.Canceled) {
+		runErr = err
+	}
+	if runErr != nil {
+		return fmt.Errorf("capture: %w", runErr)
+	}
+	log.Printf("stopped")
+	return nil
+}
+
+// feed passes one eventsocket event to the registry.
+func feed(r *flows.Registry, ev events.Event) {
+	switch ev.Kind {
+	case events.Open:
+		r.Open(ev.Timestamp, ev.UUID, ev.Local, ev.Remote)
+	case events.Close:
+		r.Close(ev.Timestamp, ev.UUID)
+	}
+}
+
+// runFile processes one capture file with the same rules as live capture,
+// with the file's timestamps as the clock.
+func runFile(ctx context.Context, cfg config, reg *prometheus.Registry) error {
+	fcfg := flowsConfig(cfg)
+	var evs []events.Event
+	if cfg.ReadEvents != "" {
+		st, err := events.ReadFile(ctx, cfg.ReadEvents, func(ev events.Event) { evs = append(evs, ev) })
+		if err != nil {
+			return err
+		}
+		if n := st.Skipped(); n > 0 {
+			log.Printf("%s: skipped %d bad lines", cfg.ReadEvents, n)
+		}
+		sort.SliceStable(evs, func(i, j int) bool { return evs[i].Timestamp.Before(evs[j].Timestamp) })
+	} else {
+		fcfg.SyntheticUUIDs = true
+		fcfg.SyntheticPrefix = syntheticPrefix(cfg.Read)
+	}
+	fl, err := flows.New(fcfg, reg)
+	if err != nil {
+		return err
+	}
+	flowsDone := make(chan struct{})
+	go func() { fl.Run(); close(flowsDone) }()
+	h := &replay{w: fl.NewWorker(0), reg: fl.Registry(), events: evs}
+	fcap := capture.FileConfig{Path: cfg.Read, SnapLen: int(cfg.MaxHeaderSize)}
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		fcap.Progress = os.Stderr // progress on a terminal only
+	}
+	start := time.Now()
+	st, readErr := capture.ReadFile(ctx, fcap, h)
+	h.flush()
+	fl.Close()
+	<-flowsDone
+	elapsed := time.Since(start)
+	log.Printf("%s: %d frames in %v (%.0f frames/s), %d flows with UUIDs written to %s",
+		cfg.Read, st.Frames, elapsed.Round(time.Millisecond), float64(st.Frames)/elapsed.Seconds(),
+		counterValue(reg, "pcap_files_written_total"), cfg.DataDir)
+	if readErr != nil {
+		return readErr // it names the file
+	}
+	return nil
+}
+
+// replay feeds recorded events to the registry in time order, interleaved
+// with the frames of the file.
+type replay struct {
+	w      *flows.Worker
+	reg    *flows.Registry
+	events []events.Event
+}
+
+func (r *replay) upTo(t time.Time) {
+	for len(r.events) > 0 && !r.events[0].Timestamp.After(t) {
+		feed(r.reg, r.events[0])
+		r.events = r.events[1:]
+	}
+}
+
+func (r *replay) HandleFrame(f *capture.Frame) {
+	r.upTo(f.Timestamp)
+	r.w.HandleFrame(f)
+}
+
+func (r *replay) Tick(now time.Time) {
+	r.upTo(now)
+	r.w.Tick(now)
+}
+
+// flush applies the remaining events and lets the worker name flows that
+// waited for them.
+func (r *replay) flush() {
+	for len(r.events) > 0 {
+		t := r.events[0].Timestamp
+		r.upTo(t)
+		r.w.Tick(t)
+	}
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9-]+`)
+
+// syntheticPrefix derives the UUID prefix of synthetic names from the file.
+func syntheticPrefix(path string) string {
+	base := filepath.Base(path)
+	for _, ext := range []string{".gz", ".pcapng", ".pcap"} {
+		if len(base) > len(ext) && base[len(base)-len(ext):] == ext {
+			base = base[:len(base)-len(ext)]
+		}
+	}
+	p := unsafeChars.ReplaceAllString(base, "-")
+	if len(p) > 64 {
+		p = p[:64]
+	}
+	if p == "" || p[0] == '-' {
+		p = "file" + p
+	}
+	return p
+}
+
+func counterValue(g prometheus.Gatherer, name string) int {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			total := 0.0
+			for _, m := range mf.GetMetric() {
+				total += m.GetCounter().GetValue()
+			}
+			return int(total)
+		}
+	}
+	return 0
+}
+
+// metricsServer serves /metrics until its context is done.
+type metricsServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+func serveMetrics(addr string, reg *prometheus.Registry) (*metricsServer, error) {
+	if addr == "" {
+		return &metricsServer{}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics server: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	log.Printf("serving metrics on http://%s/metrics", ln.Addr())
+	return &metricsServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+}
+
+func (s *metricsServer) run(ctx context.Context) error {
+	if s.srv == nil {
+		<-ctx.Done()
+		return nil
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("metrics server: %w", err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.srv.Shutdown(sctx)
+		<-errc
+		return nil
+	}
+}
+
+// freeIdleRAM returns free heap memory to the OS whenever more than limit
+// bytes of it are idle, like the seed's -maxidleram.
+func freeIdleRAM(ctx context.Context, limit uint64) {
+	if limit == 0 {
+		return
+	}
+	sample := []rtmetrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rtmetrics.Read(sample)
+			if sample[0].Value.Kind() == rtmetrics.KindUint64 && sample[0].Value.Uint64() > limit {
+				debug.FreeOSMemory()
+			}
+		}
+	}
+}
