@@ -1,0 +1,731 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/headercap/headercap/internal/netns"
+	"github.com/headercap/headercap/internal/trafficgen"
+)
+
+// The daemon's settings in the test. Short, so the test is fast: long
+// connections (3-6s) outlive the capture duration.
+const (
+	captureDuration = 4 * time.Second
+	flowTimeout     = 3 * time.Second
+	uuidWait        = 2 * time.Second
+	sigtermWait     = 1 * time.Second
+	maxHeaderSize   = 256
+	daemonMetrics   = "127.0.0.1:9990"
+	tcpinfoMetrics  = "127.0.0.1:9991"
+	serverPort      = 8080
+)
+
+// tools are the programs the test runs.
+type tools struct {
+	tcpinfo, tcpdump string
+}
+
+// requireTools skips (or, with HEADERCAP_REQUIRE_NETNS=1, fails) unless the
+// test can run: root, ip, tcpdump, zstd and tcp-info.
+func requireTools(t *testing.T) tools {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	look := func(name string) string {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			missing = append(missing, name)
+		}
+		return p
+	}
+	look("ip")
+	look("zstd") // tcp-info compresses its own output with it
+	tl := tools{tcpdump: look("tcpdump")}
+	tl.tcpinfo = os.Getenv("TCPINFO_BIN")
+	if tl.tcpinfo == "" {
+		if root, err := rootOnce(); err == nil {
+			tl.tcpinfo = filepath.Join(root, ".bin", "tcp-info")
+		}
+	}
+	if _, err := os.Stat(tl.tcpinfo); tl.tcpinfo == "" || err != nil {
+		missing = append(missing, "tcp-info (run scripts/install-tools.sh or set TCPINFO_BIN)")
+	}
+	if len(missing) > 0 {
+		msg := "end-to-end test needs: " + strings.Join(missing, ", ")
+		if os.Getenv("HEADERCAP_REQUIRE_NETNS") == "1" {
+			t.Fatal("HEADERCAP_REQUIRE_NETNS=1 but the " + msg)
+		}
+		t.Skip(msg)
+	}
+	return tl
+}
+
+var rootOnce = sync.OnceValues(func() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("not inside the module")
+	}
+	return filepath.Dir(gomod), nil
+})
+
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	root, err := rootOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+var (
+	buildMu sync.Mutex
+	built   = map[string]string{}
+)
+
+// buildBinary builds a main package of the module once per test run. The
+// daemon can be replaced by a prebuilt binary with PACKET_HEADERS_BIN, and
+// built with the race detector with HEADERCAP_E2E_RACE=1.
+func buildBinary(t *testing.T, pkg string) string {
+	t.Helper()
+	if pkg == "./cmd/packet-headers" {
+		if bin := os.Getenv("PACKET_HEADERS_BIN"); bin != "" {
+			return bin
+		}
+	}
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if bin, ok := built[pkg]; ok {
+		return bin
+	}
+	bin := filepath.Join(binDir, filepath.Base(pkg))
+	args := []string{"build", "-o", bin}
+	if os.Getenv("HEADERCAP_E2E_RACE") == "1" {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Dir = moduleRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	built[pkg] = bin
+	return bin
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+// proc is a process of the test, with its combined output kept in memory
+// and in <work>/<name>.log.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  lockedBuffer
+	done chan struct{}
+	err  error // valid after done is closed
+}
+
+// startProc starts cmd. When the test ends, a process still running is
+// killed; if the test failed, the tail of its output is logged.
+func startProc(t *testing.T, work, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	f, err := os.Create(filepath.Join(work, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := io.MultiWriter(&p.out, f)
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("---- %s (%s) output, last 60 lines ----\n%s", name, strings.Join(cmd.Args, " "), tail(p.out.Bytes(), 60))
+		}
+	})
+	return p
+}
+
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("[%d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitOutput waits until the output contains s at least n times.
+func (p *proc) waitOutput(t *testing.T, s string, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for bytes.Count(p.out.Bytes(), []byte(s)) < n {
+		if p.exited() {
+			t.Fatalf("%s exited (%v) before printing %q", p.name, p.err, s)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not print %q %d times within %v", p.name, s, n, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends sig and waits up to timeout for the exit. It returns the exit
+// code and how long the process took to exit (the process is killed and
+// the test fails after the timeout).
+func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	if !p.exited() {
+		if err := p.cmd.Process.Signal(sig); err != nil && !p.exited() {
+			t.Errorf("signal %s: %v", p.name, err)
+		}
+	}
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s did not exit within %v of %v; killed", p.name, timeout, sig)
+	}
+	return p.cmd.ProcessState.ExitCode(), time.Since(start)
+}
+
+// wait waits for the process to exit by itself.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Fatalf("%s did not finish within %v; killed", p.name, timeout)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// enableKernelTimestamps holds a socket with SO_TIMESTAMPNS open while the
+// test runs. That turns on the kernel's global packet timestamping, so every
+// packet socket (tcpdump's and the daemon's) sees the same timestamp for
+// the packets the host sends; otherwise each socket may read the clock on
+// its own.
+func enableKernelTimestamps(t *testing.T) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		t.Fatalf("SO_TIMESTAMPNS: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // the kernel enables it from a workqueue
+}
+
+// pipelineConfig says what runPipeline runs.
+type pipelineConfig struct {
+	// anonymize is the daemon's -anonymize.ip; daemon false runs no daemon
+	// (the harness test).
+	anonymize string
+	daemon    bool
+	// secondDump runs a second tcpdump next to the ground truth.
+	secondDump bool
+	// Traffic.
+	conns, parallel int
+	seed            uint64
+}
+
+// pipeline is what a run left behind.
+type pipeline struct {
+	work, datadir string
+	ground        *Capture
+	second        *Capture
+	events        []Event
+	badEvents     []string
+	opens         []OpenEvent
+	records       []trafficgen.Record
+	daemonLog     []byte
+	metrics       []byte
+	sigtermExit   time.Duration
+}
+
+// tcpdump's statistics at exit.
+var (
+	dropRE     = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
+	capturedRE = regexp.MustCompile(`(\d+) packets? captured`)
+	receivedRE = regexp.MustCompile(`(\d+) packets? received by filter`)
+)
+
+// runPipeline runs tcp-info, the recorder, tcpdump, optionally the daemon,
+// and trafficgen in a fresh pair of namespaces, then stops everything in
+// order. Every process and the namespaces are cleaned up even on failure.
+func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
+	t.Helper()
+	tg := buildBinary(t, "./cmd/trafficgen")
+	var daemon string
+	if cfg.daemon {
+		daemon = buildBinary(t, "./cmd/packet-headers")
+	}
+	work := t.TempDir()
+	if keep := os.Getenv("HEADERCAP_E2E_KEEP"); keep != "" {
+		work = filepath.Join(keep, strings.NewReplacer("/", "_", "=", "-").Replace(t.Name()))
+		os.RemoveAll(work)
+		if err := os.MkdirAll(work, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("keeping the run's files in %s", work)
+	}
+	// A unix socket path must stay under 108 bytes.
+	sockDir, err := os.MkdirTemp("", "hce2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	res := &pipeline{work: work, datadir: filepath.Join(work, "data")}
+	sock := filepath.Join(sockDir, "events.sock")
+	for _, d := range []string{res.datadir, filepath.Join(work, "tcpinfo")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	enableKernelTimestamps(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	pair, err := netns.New(ctx, netns.Config{Prefix: "hce2e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pair.Close(); err != nil {
+			t.Errorf("remove namespaces: %v", err)
+		}
+	})
+	srv := pair.Server
+
+	// tcp-info, and our own recorder of its events.
+	tcpinfo := startProc(t, work, "tcp-info", srv.Command(tl.tcpinfo,
+		"-tcpinfo.eventsocket", sock, "-output", filepath.Join(work, "tcpinfo"),
+		"-prometheusx.listen-address", tcpinfoMetrics))
+	rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+	rec, err := RecordEvents(rctx, sock)
+	rcancel()
+	if err != nil {
+		t.Fatalf("tcp-info eventsocket: %v", err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	tcpinfo.waitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
+
+	// Ground truth.
+	dump := func(name string) *proc {
+		p := startProc(t, work, name, srv.Command(tl.tcpdump, "-i", netns.ServerVeth,
+			"-w", filepath.Join(work, name+".pcap"), "-s", "0", "-U", "-n", "-B", "32768",
+			"-Z", "root", "--time-stamp-precision=nano", "tcp"))
+		p.waitOutput(t, "listening on", 1, 10*time.Second)
+		return p
+	}
+	dumps := []*proc{dump("ground")}
+	if cfg.secondDump {
+		dumps = append(dumps, dump("second"))
+	}
+
+	// The daemon.
+	var ph *proc
+	if cfg.daemon {
+		ph = startProc(t, work, "packet-headers", srv.Command(daemon,
+			"-interface", netns.ServerVeth,
+			"-datadir", res.datadir,
+			"-tcpinfo.eventsocket", sock,
+			"-captureduration", captureDuration.String(),
+			"-flowtimeout", flowTimeout.String(),
+			"-uuidwaitduration", uuidWait.String(),
+			"-sigtermwait", sigtermWait.String(),
+			"-maxheadersize", strconv.Itoa(maxHeaderSize),
+			"-anonymize.ip", cfg.anonymize,
+			"-prometheusx.listen-address", daemonMetrics))
+		// Ready when it listens to tcp-info and serves metrics.
+		tcpinfo.waitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if ph.exited() {
+				t.Fatalf("packet-headers exited early: %v", ph.err)
+			}
+			if _, err := srv.Exec(ctx, tg, "metrics", "http://"+daemonMetrics+"/metrics"); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("packet-headers metrics not reachable: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond) // let the capture sockets settle
+	}
+
+	// Traffic.
+	listen := fmt.Sprintf("%s,%s", netip.AddrPortFrom(srv.IPv4, serverPort), netip.AddrPortFrom(srv.IPv6, serverPort))
+	tgs := startProc(t, work, "trafficgen-serve", srv.Command(tg, "serve", "-listen", listen))
+	tgs.waitOutput(t, "serving on", 1, 10*time.Second)
+	connsPath := filepath.Join(work, "conns.jsonl")
+	start := time.Now()
+	tgc := startProc(t, work, "trafficgen-client", pair.Client.Command(tg, "client",
+		"-connect", listen,
+		"-conns", strconv.Itoa(cfg.conns),
+		"-parallel", strconv.Itoa(cfg.parallel),
+		"-mix", "short=60,long=10,bulk=10,reuse=15,abort=5",
+		"-duration-long", (captureDuration*3/2).String(),
+		"-bulk-size", strconv.Itoa(2<<20),
+		"-seed", strconv.FormatUint(cfg.seed, 10),
+		"-out", connsPath))
+	if code := tgc.wait(t, 2*time.Minute); code != 0 {
+		t.Fatalf("trafficgen client failed (exit %d):\n%s", code, tail(tgc.out.Bytes(), 30))
+	}
+	t.Logf("traffic: %s (%v)", strings.TrimSpace(tail(tgc.out.Bytes(), 1)), time.Since(start).Round(time.Millisecond))
+
+	if cfg.daemon {
+		// Let every flow time out, read the metrics, then stop the daemon.
+		time.Sleep(flowTimeout + 1500*time.Millisecond)
+		m, err := srv.Exec(ctx, tg, "metrics", "http://"+daemonMetrics+"/metrics")
+		if err != nil {
+			t.Errorf("read daemon metrics: %v", err)
+		}
+		res.metrics = m
+		if err := os.WriteFile(filepath.Join(work, "metrics.txt"), m, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, took := ph.stop(t, syscall.SIGTERM, sigtermWait+10*time.Second)
+		res.sigtermExit = took
+		if code != 0 {
+			t.Errorf("packet-headers exited with status %d after SIGTERM (%v), want 0", code, ph.err)
+		}
+		if took > sigtermWait+5*time.Second {
+			t.Errorf("packet-headers took %v to exit after SIGTERM (-sigtermwait %v)", took, sigtermWait)
+		}
+		res.daemonLog = ph.out.Bytes()
+		for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
+			if bytes.Contains(res.daemonLog, []byte(bad)) {
+				t.Errorf("packet-headers output contains %q", bad)
+			}
+		}
+	}
+	if code, _ := tgs.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Errorf("trafficgen server exited with status %d", code)
+	}
+	if !cfg.daemon {
+		// Let tcpdump read the last ring blocks before it is stopped.
+		time.Sleep(time.Second)
+	}
+	for _, d := range dumps {
+		d.stop(t, syscall.SIGINT, 10*time.Second)
+		out := d.out.Bytes()
+		drops, captured, received := dropRE.FindSubmatch(out), capturedRE.FindSubmatch(out), receivedRE.FindSubmatch(out)
+		if drops == nil || captured == nil || received == nil {
+			t.Fatalf("%s printed no statistics; the ground truth is unusable:\n%s", d.name, out)
+		}
+		if string(drops[1]) != "0" {
+			t.Fatalf("%s: %s packets dropped by the kernel; the ground truth is incomplete", d.name, drops[1])
+		}
+		if string(captured[1]) != string(received[1]) {
+			t.Fatalf("%s: %s packets captured of %s received; the ground truth is incomplete", d.name, captured[1], received[1])
+		}
+	}
+	tcpinfo.stop(t, syscall.SIGTERM, 10*time.Second)
+	if err := rec.Wait(5 * time.Second); err != nil {
+		t.Errorf("event recorder: %v", err)
+	}
+
+	res.events, res.badEvents = rec.Events(), rec.Bad()
+	var evBuf bytes.Buffer
+	enc := json.NewEncoder(&evBuf)
+	for _, ev := range res.events {
+		if err := enc.Encode(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(work, "events.jsonl"), evBuf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opens, errs := Opens(res.events)
+	for _, err := range errs {
+		t.Errorf("tcp-info event: %v", err)
+	}
+	for _, l := range res.badEvents {
+		t.Errorf("unparseable tcp-info event line: %q", l)
+	}
+	res.opens = opens
+	if res.ground, err = ReadPcapFile(filepath.Join(work, "ground.pcap"), 1024); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.secondDump {
+		if res.second, err = ReadPcapFile(filepath.Join(work, "second.pcap"), 1024); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res.records = readRecords(t, connsPath)
+	return res
+}
+
+func readRecords(t *testing.T, path string) []trafficgen.Record {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var recs []trafficgen.Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r trafficgen.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		recs = append(recs, r)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// checkHarness fails the test if the run cannot exercise what the checks
+// are about: errors in the traffic, no reused tuple reported twice, no flow
+// longer than the capture duration, a missing address family.
+func checkHarness(t *testing.T, p *pipeline, wantConns int) {
+	t.Helper()
+	if len(p.records) != wantConns {
+		t.Errorf("harness: trafficgen recorded %d connections, want %d", len(p.records), wantConns)
+	}
+	for _, r := range p.records {
+		if r.Error != "" {
+			t.Errorf("harness: trafficgen connection failed: %+v", r)
+		}
+	}
+	if p.ground.LinkType != 1 || !p.ground.Nanosecond {
+		t.Errorf("harness: ground truth link type %v nanosecond=%v", p.ground.LinkType, p.ground.Nanosecond)
+	}
+	conns, skipped := SplitConns(p.ground.Packets)
+	if skipped != 0 {
+		t.Errorf("harness: %d ground-truth packets are not parseable TCP", skipped)
+	}
+	perTuple := map[Tuple]int{}
+	long, v4, v6 := 0, 0, 0
+	matched := MatchConns(conns, p.opens)
+	for _, ev := range p.opens {
+		key := Tuple{Src: ev.Src, Dst: ev.Dst}.Key()
+		perTuple[key]++
+		if ev.Src.Addr().Is4() {
+			v4++
+		} else {
+			v6++
+		}
+		if c := matched[ev.UUID]; c != nil && c.Packets[len(c.Packets)-1].TS.Sub(c.Start) > captureDuration+200*time.Millisecond {
+			long++
+		}
+	}
+	// How late tcp-info delivers Open events: a daemon that trusts arrival
+	// order rather than the events' timestamps suffers from late ones.
+	var lags []time.Duration
+	for _, ev := range p.events {
+		if ev.Event == EventOpen && !ev.Received.IsZero() {
+			lags = append(lags, ev.Received.Sub(ev.Timestamp))
+		}
+	}
+	if len(lags) > 0 {
+		slices.Sort(lags)
+		t.Logf("harness: tcp-info Open events arrived %v (median) / %v (p99) / %v (max) after their timestamps",
+			lags[len(lags)/2].Round(time.Microsecond), lags[len(lags)*99/100].Round(time.Microsecond), lags[len(lags)-1].Round(time.Microsecond))
+	}
+	reused := 0
+	for _, n := range perTuple {
+		if n > 1 {
+			reused++
+		}
+	}
+	t.Logf("harness: tcp-info reported %d IPv4 and %d IPv6 connections; %d tuples reported more than once (reuse); %d connections longer than the %v capture duration",
+		v4, v6, reused, long, captureDuration)
+	if v4 == 0 || v6 == 0 || reused == 0 || long == 0 {
+		t.Error("harness: the run does not exercise IPv4, IPv6, tuple reuse and the capture duration cut")
+	}
+}
+
+// TestHarness checks the test's own machinery without the daemon:
+// namespaces, tcp-info, the event recorder, trafficgen and tcpdump. A second
+// tcpdump of the same interface stands in for the daemon: what a correct
+// daemon would write is derived from it, and Check must accept that against
+// the ground truth. This also measures how far two packet sockets'
+// timestamps differ.
+func TestHarness(t *testing.T) {
+	tl := requireTools(t)
+	const conns = 200
+	p := runPipeline(t, tl, pipelineConfig{secondDump: true, conns: conns, parallel: 16, seed: 11})
+	checkHarness(t, p, conns)
+	if n1, n2 := len(p.ground.Packets), len(p.second.Packets); n1 != n2 {
+		t.Errorf("two tcpdumps of one interface captured %d and %d packets", n1, n2)
+	}
+	cfg := CheckConfig{CaptureDuration: captureDuration, MaxHeaderSize: maxHeaderSize}
+	writeReference(t, p.datadir, cfg, p.second.Packets, p.opens)
+	r := Check(cfg, p.ground.Packets, p.opens, p.datadir)
+	dd, err := ScanDataDir(p.datadir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("coverage:\n%s", computeCoverage(p.records, p.ground.Packets, p.opens, dd))
+	t.Logf("check of the reference output:\n%s", r.Summary(5))
+	if len(r.Failures) > 0 {
+		t.Error("Check rejects a correct output derived from a second capture")
+	}
+}
+
+// TestEndToEnd runs the daemon against real traffic and compares its files
+// with the ground truth, without and with netblock anonymization.
+func TestEndToEnd(t *testing.T) {
+	tl := requireTools(t)
+	for _, tc := range []struct {
+		anonymize string
+		conns     int
+		seed      uint64
+	}{
+		{"none", 400, 1},
+		{"netblock", 200, 2},
+	} {
+		t.Run("anonymize="+tc.anonymize, func(t *testing.T) {
+			p := runPipeline(t, tl, pipelineConfig{daemon: true, anonymize: tc.anonymize, conns: tc.conns, parallel: 16, seed: tc.seed})
+			t.Logf("packet-headers exited %v after SIGTERM", p.sigtermExit.Round(time.Millisecond))
+			t.Logf("packet-headers metrics before SIGTERM (drops explain missing packets):\n%s", grepMetrics(p.metrics,
+				"pcap_capture_kernel_drops_total", "pcap_capture_kernel_freezes_total", "pcap_missed_", "pcap_flows_ended_total", "pcap_packets_after_capture_total"))
+			checkHarness(t, p, tc.conns)
+			cfg := CheckConfig{CaptureDuration: captureDuration, MaxHeaderSize: maxHeaderSize, Netblock: tc.anonymize == "netblock"}
+			r := Check(cfg, p.ground.Packets, p.opens, p.datadir)
+			dd, err := ScanDataDir(p.datadir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("coverage (connections made by trafficgen / seen in the ground truth / reported by tcp-info / with a file):\n%s",
+				computeCoverage(p.records, p.ground.Packets, p.opens, dd))
+			summary := r.Summary(1000)
+			t.Logf("result:\n%s", summary)
+			if err := os.WriteFile(filepath.Join(p.work, "report.txt"), []byte(summary), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Failures) > 0 {
+				t.Errorf("packet-headers output differs from the ground truth:\n%s", r.Summary(8))
+			}
+			if cfg.Netblock {
+				checkNoLeaks(t, p, dd)
+			}
+		})
+	}
+}
+
+// grepMetrics returns the sample lines of text whose names start with one
+// of prefixes.
+func grepMetrics(text []byte, prefixes ...string) string {
+	var out []string
+	for _, line := range strings.Split(string(text), "\n") {
+		for _, p := range prefixes {
+			if strings.HasPrefix(line, p) {
+				out = append(out, "  "+line)
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return "  (none found)"
+	}
+	return strings.Join(out, "\n")
+}
+
+// checkNoLeaks looks for the full client and server addresses in every
+// output of an anonymizing daemon: pcap bytes, file names, its log and its
+// metrics.
+func checkNoLeaks(t *testing.T, p *pipeline, dd *DataDir) {
+	t.Helper()
+	addrs := []netip.Addr{netns.ServerIPv4, netns.ClientIPv4, netns.ServerIPv6, netns.ClientIPv6}
+	var leaks []string
+	for u, paths := range dd.Files {
+		for _, path := range paths {
+			if hits := FindTextAddrs([]byte(path), addrs); len(hits) > 0 {
+				leaks = append(leaks, fmt.Sprintf("file name %s: %v", path, hits))
+			}
+			c, err := ReadFlowFile(filepath.Join(p.datadir, path))
+			if err != nil {
+				continue // reported by Check
+			}
+			for _, h := range FindBinaryAddrs(c.Packets, addrs) {
+				leaks = append(leaks, fmt.Sprintf("uuid=%s: %s", u, h))
+			}
+		}
+	}
+	for _, h := range FindTextAddrs(p.daemonLog, addrs) {
+		leaks = append(leaks, "daemon log: "+h)
+	}
+	for _, h := range FindTextAddrs(p.metrics, addrs) {
+		leaks = append(leaks, "metrics: "+h)
+	}
+	if len(leaks) > 0 {
+		if len(leaks) > 20 {
+			leaks = append(leaks[:20], fmt.Sprintf("... and %d more", len(leaks)-20))
+		}
+		t.Errorf("anonymization: %d full addresses found in the daemon's outputs:\n  %s", len(leaks), strings.Join(leaks, "\n  "))
+	}
+}
