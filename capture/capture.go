@@ -100,9 +100,11 @@ type Handler interface {
 	// HandleFrame is called for every frame that passed the filter.
 	HandleFrame(f *Frame)
 	// Tick is called at least every Config.TickInterval, also when no frame
-	// arrives, so the handler can expire state. For live capture now is the
-	// wall clock; for files it is the timestamp of the latest frame read,
-	// and Tick comes every FileConfig.TickEvery of file time and once at the
-	// end.
+	// arrives, so the handler can expire state. now is a time before which
+	// every frame has been handed over. For live capture that is the wall
+	// clock minus the block timeout when the ring is drained, and the latest
+	// frame's timestamp while the worker catches up with a backlog; for
+	// files it is the timestamp of the latest frame read, and Tick comes
+	// every FileConfig.TickEvery of file time and once at the end.
 	Tick(now time.Time)
 }

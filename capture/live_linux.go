@@ -103,12 +103,13 @@ func (l *Live) Run(ctx context.Context) error {
 			group = fanout{id: s.group}
 			h := l.handlers[i*l.cfg.Workers+j]
 			workers = append(workers, &worker{
-				iface:  ifc,
-				sock:   s,
-				fr:     newFrameReader(h, l.cfg.SnapLen, ifc.index, ifc.loopback),
-				tick:   l.cfg.TickInterval,
-				m:      im,
-				wakeFd: wake,
+				iface:        ifc,
+				sock:         s,
+				fr:           newFrameReader(h, l.cfg.SnapLen, ifc.index, ifc.loopback),
+				tick:         l.cfg.TickInterval,
+				blockTimeout: l.cfg.BlockTimeout,
+				m:            im,
+				wakeFd:       wake,
 			})
 		}
 	}
@@ -181,12 +182,15 @@ func monitor(ctx context.Context, workers []*worker) error {
 // worker reads one socket's ring and calls one Handler. Only its goroutine
 // touches fr and the ring; readStats may run on another goroutine.
 type worker struct {
-	iface  ifaceInfo
-	sock   *socket
-	fr     *frameReader
-	tick   time.Duration
-	m      interfaceMetrics
-	wakeFd int
+	iface ifaceInfo
+	sock  *socket
+	fr    *frameReader
+	tick  time.Duration
+	// blockTimeout is how long the kernel may hold frames in a block
+	// before it retires it.
+	blockTimeout time.Duration
+	m            interfaceMetrics
+	wakeFd       int
 }
 
 // run reads blocks until ctx is done or the socket fails.
@@ -215,7 +219,7 @@ func (w *worker) run(ctx context.Context) error {
 			r.release(cur)
 			cur = (cur + 1) % r.numBlocks
 			if now := time.Now(); !now.Before(next) {
-				h.Tick(now)
+				h.Tick(w.horizon(now, r.ready(cur)))
 				next = now.Add(w.tick)
 			}
 		}
@@ -243,10 +247,24 @@ func (w *worker) run(ctx context.Context) error {
 			}
 		}
 		if now := time.Now(); !now.Before(next) {
-			h.Tick(now)
+			h.Tick(w.horizon(now, r.ready(cur)))
 			next = now.Add(w.tick)
 		}
 	}
+}
+
+// horizon is the time passed to Tick: one before which every frame has been
+// handed over. While blocks wait in the ring (the worker is catching up) it
+// is the latest frame's timestamp, not the wall clock, so the handler never
+// expires a flow whose packets are still in the ring; when the ring is
+// drained, frames may still sit in the block the kernel has not retired
+// yet, for up to the block timeout.
+func (w *worker) horizon(now time.Time, backlog bool) time.Time {
+	last := w.fr.frame.Timestamp
+	if backlog && !last.IsZero() {
+		return last
+	}
+	return now.Add(-w.blockTimeout)
 }
 
 // readStats adds the socket's kernel counters (which the kernel resets on

@@ -143,7 +143,8 @@ type liveFrame struct {
 type liveHandlers struct {
 	mu     sync.Mutex
 	frames []liveFrame
-	ticks  map[int][]time.Time
+	ticks  map[int][]time.Time // wall-clock time of each Tick call
+	future int                 // Tick horizons after the wall clock
 }
 
 type liveHandler struct {
@@ -157,10 +158,16 @@ func (h *liveHandler) HandleFrame(f *Frame) {
 	h.all.frames = append(h.all.frames, liveFrame{h.worker, bytes.Clone(f.Data), f.WireLen, f.Interface, f.Timestamp})
 }
 
+// Tick records when it is called; now, the horizon before which every
+// frame was handed over, must not be in the future.
 func (h *liveHandler) Tick(now time.Time) {
+	wall := time.Now()
 	h.all.mu.Lock()
 	defer h.all.mu.Unlock()
-	h.all.ticks[h.worker] = append(h.all.ticks[h.worker], now)
+	h.all.ticks[h.worker] = append(h.all.ticks[h.worker], wall)
+	if now.After(wall) {
+		h.all.future++
+	}
 }
 
 func (a *liveHandlers) newHandler(worker int) Handler {
@@ -541,6 +548,9 @@ func TestLiveCapture(t *testing.T) {
 	// loaded machines), also while idle.
 	rl.handlers.mu.Lock()
 	defer rl.handlers.mu.Unlock()
+	if rl.handlers.future > 0 {
+		t.Errorf("%d Tick horizons in the future", rl.handlers.future)
+	}
 	for w := range workers {
 		ticks := rl.handlers.ticks[w]
 		if len(ticks) < 3 {

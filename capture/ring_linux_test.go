@@ -265,3 +265,18 @@ func BenchmarkReadBlock(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/frame")
 }
+
+func TestHorizon(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 1, 0, time.UTC)
+	w := &worker{fr: &frameReader{}, blockTimeout: 10 * time.Millisecond}
+	if got := w.horizon(now, true); !got.Equal(now.Add(-10 * time.Millisecond)) {
+		t.Errorf("no frame yet: horizon %v", got)
+	}
+	w.fr.frame.Timestamp = now.Add(-time.Second)
+	if got := w.horizon(now, true); !got.Equal(w.fr.frame.Timestamp) {
+		t.Errorf("backlog: horizon %v, want the latest frame's time", got)
+	}
+	if got := w.horizon(now, false); !got.Equal(now.Add(-10 * time.Millisecond)) {
+		t.Errorf("drained: horizon %v, want the wall clock minus the block timeout", got)
+	}
+}
