@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/netip"
 	rtmetrics "runtime/metrics"
 	"sync"
 	"sync/atomic"
@@ -100,6 +101,10 @@ type Config struct {
 	// events file).
 	SyntheticUUIDs  bool
 	SyntheticPrefix string
+	// OnNewFlow, if set, is called by a worker for each new flow, with the
+	// flow's endpoints and first packet time, so that a UUID source can look
+	// the socket up. It must not block.
+	OnNewFlow func(a, b netip.AddrPort, first time.Time)
 	// OnPublish, if set, is called by a writer goroutine with the path of
 	// each published file. It must not block for long.
 	OnPublish func(path string)

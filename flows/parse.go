@@ -3,6 +3,7 @@ package flows
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 )
 
 // Errors returned by Parse. They are counted, never fatal.
@@ -152,6 +153,14 @@ type Key struct {
 	A, B   [16]byte
 	PA, PB uint16
 	IPv6   bool
+}
+
+// AddrPorts returns the two endpoints of k.
+func (k Key) AddrPorts() (a, b netip.AddrPort) {
+	if k.IPv6 {
+		return netip.AddrPortFrom(netip.AddrFrom16(k.A), k.PA), netip.AddrPortFrom(netip.AddrFrom16(k.B), k.PB)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(k.A[:4])), k.PA), netip.AddrPortFrom(netip.AddrFrom4([4]byte(k.B[:4])), k.PB)
 }
 
 // KeyOf returns the direction-independent key of p.

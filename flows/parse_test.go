@@ -35,6 +35,10 @@ func TestParse(t *testing.T) {
 			if !ok || k != k2 {
 				t.Errorf("KeyOf = %+v, KeyFromAddrPorts = %+v", k, k2)
 			}
+			a, b := k.AddrPorts()
+			if k3, _ := KeyFromAddrPorts(b, a); k3 != k || (a != tc.spec.src && a != tc.spec.dst) {
+				t.Errorf("AddrPorts = %v %v", a, b)
+			}
 		})
 	}
 }

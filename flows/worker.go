@@ -169,6 +169,10 @@ func (w *Worker) newFlow(key Key, ts time.Time) *flow {
 	f.m.active.Inc()
 	f.m.states[statePending].Inc()
 	w.pending[fl] = struct{}{}
+	if f.cfg.OnNewFlow != nil {
+		a, b := key.AddrPorts()
+		f.cfg.OnNewFlow(a, b, ts)
+	}
 	w.nameKey(key, ts)
 	return fl
 }
