@@ -10,19 +10,20 @@ import (
 	"time"
 
 	"github.com/headercap/headercap/anonymize"
+	"github.com/headercap/headercap/internal/cli"
 )
 
 func TestEveryFlagHasItsEnvVar(t *testing.T) {
 	cfg := defaultConfig()
-	fs := newFlagSet(&cfg, io.Discard)
+	fs := cli.NewFlagSet("packet-headers", usage, &cfg, io.Discard)
 	envs := map[string]bool{}
-	for _, e := range envNames() {
+	for _, e := range cli.EnvNames(&cfg) {
 		envs[e] = true
 	}
 	n := 0
 	fs.VisitAll(func(f *flag.Flag) {
 		n++
-		want := envName(f.Name)
+		want := cli.EnvName(f.Name)
 		if !envs[want] {
 			t.Errorf("flag -%s: no environment variable %s", f.Name, want)
 		}
@@ -44,12 +45,13 @@ func TestEveryFlagHasItsEnvVar(t *testing.T) {
 
 func TestSeedDefaults(t *testing.T) {
 	cfg := defaultConfig()
-	fs := newFlagSet(&cfg, io.Discard)
+	fs := cli.NewFlagSet("packet-headers", usage, &cfg, io.Discard)
 	for name, want := range map[string]string{
 		"anonymize.ip": "none", "captureduration": "30s", "datadir": ".", "flowtimeout": "30s",
 		"maxheadersize": "256", "maxidleram": "3GB", "maxheap": "8GB", "maxflows": "0",
 		"prometheusx.listen-address": ":9990", "sigtermwait": "1s", "stream": "false",
 		"tcpinfo.eventsocket": "", "uuidwaitduration": "5s",
+		"archive.url": "", "archive.datatype": "pcap", "archive.size": "20MB", "archive.maxage": "1h0m0s", "archive.compression": "gzip",
 	} {
 		if got := fs.Lookup(name).DefValue; got != want {
 			t.Errorf("-%s default %q, want %q", name, got, want)
@@ -67,22 +69,22 @@ func TestEnvAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.EventSocket != "/run/tcpinfo.sock" || cfg.AnonymizeIP != anonymize.Netblock || cfg.MaxHeap != 2*gigabyte {
+	if cfg.EventSocket != "/run/tcpinfo.sock" || cfg.AnonymizeIP != anonymize.Netblock || cfg.MaxHeap != 2*cli.Gigabyte {
 		t.Errorf("environment not applied: %+v", cfg)
 	}
 	if cfg.CaptureDuration != 20*time.Second {
 		t.Errorf("command line does not win: %v", cfg.CaptureDuration)
 	}
-	if strings.Join(cfg.Interfaces.values, ",") != "lo" {
-		t.Errorf("interfaces %v", cfg.Interfaces.values)
+	if strings.Join(cfg.Interfaces.Values, ",") != "lo" {
+		t.Errorf("interfaces %v", cfg.Interfaces.Values)
 	}
 	// A command-line -interface replaces the environment's list.
 	cfg, err = parseConfig([]string{"-interface", "lo", "-interface", "lo"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(cfg.Interfaces.values, ",") != "lo,lo" {
-		t.Errorf("interfaces %v", cfg.Interfaces.values)
+	if strings.Join(cfg.Interfaces.Values, ",") != "lo,lo" {
+		t.Errorf("interfaces %v", cfg.Interfaces.Values)
 	}
 }
 
@@ -100,6 +102,9 @@ func TestBadConfig(t *testing.T) {
 		{[]string{"-read.events=x"}, "needs -read"},
 		{[]string{"-read=/nonexistent/file.pcap"}, "-read"},
 		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"-archive.url=file:///tmp/b"}, "-archive.experiment is required"},
+		{[]string{"-archive.url=file:///tmp/b", "-archive.experiment=NDT"}, "Experiment \"NDT\""},
+		{[]string{"-archive.url=file:///tmp/b", "-archive.experiment=ndt", "-archive.node=myhost"}, "Node \"myhost\""},
 	} {
 		_, err := parseConfig(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -122,29 +127,10 @@ func TestHelpListsEnv(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err = %v", err)
 	}
-	for _, e := range envNames() {
+	cfg := defaultConfig()
+	for _, e := range cli.EnvNames(&cfg) {
 		if !strings.Contains(out.String(), e) {
 			t.Errorf("-help does not mention %s", e)
 		}
-	}
-}
-
-func TestByteSize(t *testing.T) {
-	for in, want := range map[string]byteSize{
-		"256": 256, "256B": 256, "64KB": 64000, "3GB": 3e9, "8G": 8e9, "1MB": 1e6, "2GiB": 2 << 30, "1KiB": 1024,
-	} {
-		var b byteSize
-		if err := b.Set(in); err != nil || b != want {
-			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
-		}
-	}
-	for _, in := range []string{"", "GB", "-1", "1.5GB", "3XB", "99999999999999999999", "9999999999999GB", "1iB"} {
-		var b byteSize
-		if err := b.Set(in); err == nil {
-			t.Errorf("Set(%q) accepted: %d", in, b)
-		}
-	}
-	if s := byteSize(3 * gigabyte).String(); s != "3GB" {
-		t.Errorf("String() = %q", s)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +31,7 @@ import (
 	"github.com/headercap/headercap/capture"
 	"github.com/headercap/headercap/events"
 	"github.com/headercap/headercap/flows"
+	"github.com/headercap/headercap/internal/cli"
 )
 
 func main() {
@@ -74,14 +76,22 @@ func flowsConfig(cfg config) flows.Config {
 }
 
 func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
-	ifaces := cfg.Interfaces.values
+	ifaces := cfg.Interfaces.Values
 	if len(ifaces) == 0 {
 		var err error
 		if ifaces, err = capture.DefaultInterfaces(); err != nil {
 			return err
 		}
 	}
-	fl, err := flows.New(flowsConfig(cfg), reg)
+	fcfg := flowsConfig(cfg)
+	arch, err := newArchiver(ctx, cfg, cfg.SigtermWait, reg)
+	if err != nil {
+		return err
+	}
+	if arch != nil {
+		fcfg.OnPublish = func(path string) { arch.Add(context.Background(), path) }
+	}
+	fl, err := flows.New(fcfg, reg)
 	if err != nil {
 		return err
 	}
@@ -123,6 +133,17 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error { return srv.run(gctx) })
 	g.Go(func() error { freeIdleRAM(gctx, uint64(cfg.MaxIdleRAM)); return nil })
+	// The archiver stops after the last flow is written; it then seals what
+	// it has and uploads for up to -sigtermwait more.
+	archCtx, stopArch := context.WithCancel(context.Background())
+	defer stopArch()
+	archDone := make(chan error, 1)
+	if arch != nil {
+		go func() { archDone <- arch.Run(archCtx) }()
+		log.Printf("archiving to %s", arch)
+	} else {
+		archDone <- nil
+	}
 
 	captureErr := make(chan error, 1)
 	go func() { captureErr <- live.Run(captureCtx) }()
@@ -146,6 +167,8 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	}
 	fl.Close()
 	<-flowsDone
+	stopArch()
+	archErr := <-archDone
 	stopAux()
 	if err := g.Wait(); err != nil && runErr == nil && !errors.Is(err, context.Canceled) {
 		runErr = err
@@ -153,8 +176,23 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	if runErr != nil {
 		return fmt.Errorf("capture: %w", runErr)
 	}
+	if archErr != nil {
+		return fmt.Errorf("archive: %w", archErr)
+	}
 	log.Printf("stopped")
 	return nil
+}
+
+// newArchiver returns the in-process archiver, or nil without -archive.url.
+func newArchiver(ctx context.Context, cfg config, grace time.Duration, reg prometheus.Registerer) (*cli.Archiver, error) {
+	if cfg.Archive.URL == "" {
+		return nil, nil
+	}
+	acfg, err := cfg.Archive.Config(cfg.DataDir, grace, false)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Archive.NewArchiver(ctx, acfg, reg, slog.Default())
 }
 
 // feed passes one eventsocket event to the registry.
@@ -185,6 +223,21 @@ func runFile(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 		fcfg.SyntheticUUIDs = true
 		fcfg.SyntheticPrefix = syntheticPrefix(cfg.Read)
 	}
+	// Offline, the archiver may take its time: everything is uploaded
+	// before the command exits, unless it is interrupted.
+	arch, err := newArchiver(ctx, cfg, offlineUploadGrace, reg)
+	if err != nil {
+		return err
+	}
+	archCtx, stopArch := context.WithCancel(context.Background())
+	defer stopArch()
+	archDone := make(chan error, 1)
+	if arch != nil {
+		fcfg.OnPublish = func(path string) { arch.Add(context.Background(), path) }
+		go func() { archDone <- arch.Run(archCtx) }()
+	} else {
+		archDone <- nil
+	}
 	fl, err := flows.New(fcfg, reg)
 	if err != nil {
 		return err
@@ -201,6 +254,10 @@ func runFile(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	h.flush()
 	fl.Close()
 	<-flowsDone
+	stopArch()
+	if err := <-archDone; err != nil && readErr == nil {
+		readErr = fmt.Errorf("archive: %w", err)
+	}
 	elapsed := time.Since(start)
 	log.Printf("%s: %d frames in %v (%.0f frames/s), %d flows with UUIDs written to %s",
 		cfg.Read, st.Frames, elapsed.Round(time.Millisecond), float64(st.Frames)/elapsed.Seconds(),
@@ -210,6 +267,9 @@ func runFile(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	}
 	return nil
 }
+
+// offlineUploadGrace bounds the uploads after an offline run.
+const offlineUploadGrace = 10 * time.Minute
 
 // replay feeds recorded events to the registry in time order, interleaved
 // with the frames of the file.

@@ -16,6 +16,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/headercap/headercap/archive"
 )
 
 // tcpFrame builds an Ethernet/IPv4/TCP frame with n payload bytes.
@@ -148,6 +150,37 @@ func TestReadFileWithEvents(t *testing.T) {
 		want := fmt.Sprintf("2026/11/25/host_1_%016X.pcap.gz", i)
 		if _, err := os.Stat(filepath.Join(out, want)); err != nil {
 			t.Errorf("missing %s", want)
+		}
+	}
+}
+
+func TestReadFileArchives(t *testing.T) {
+	dir := t.TempDir()
+	trace := filepath.Join(dir, "trace.pcap")
+	writeTrace(t, trace, time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), 30)
+	bucket := filepath.Join(dir, "bucket")
+	os.Mkdir(bucket, 0o755)
+	out := filepath.Join(dir, "out")
+	args := []string{"-read", trace, "-datadir", out, "-archive.url", "file://" + bucket, "-archive.experiment", "ndt"}
+	if err := run(context.Background(), args); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, f := range pcapFiles(t, out) {
+		if strings.HasSuffix(f, ".pcap.gz") {
+			left = append(left, f)
+		}
+	}
+	if len(left) != 0 {
+		t.Errorf("not archived: %v", left)
+	}
+	objects := pcapFiles(t, bucket)
+	if len(objects) == 0 {
+		t.Fatal("no object in the bucket")
+	}
+	for _, o := range objects {
+		if !archive.ETLAccepts(o) {
+			t.Errorf("object %s is not accepted by the ETL's rules", o)
 		}
 	}
 }
