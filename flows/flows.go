@@ -74,8 +74,13 @@ type Config struct {
 	// 0 = unlimited.
 	MaxHeap uint64
 	// MaxPendingPackets bounds the packets a flow holds while waiting for
-	// its UUID; more are dropped and counted. Default 4096.
+	// its UUID; more are dropped and counted. Default 65536: a bulk flow
+	// must survive tcp-info delivering its UUID half a second late.
 	MaxPendingPackets int
+	// MaxPendingBytes bounds the bytes all flows waiting for a UUID hold
+	// together; beyond it their packets are dropped and counted. Default
+	// 256 MiB.
+	MaxPendingBytes int64
 	// SpillBytes is how much of a named flow is held in RAM before it is
 	// appended to its spill file. Default 64 KiB.
 	SpillBytes int
@@ -131,7 +136,10 @@ func (c *Config) setDefaults() {
 		}
 	}
 	defInt(&c.MaxHeaderSize, 256)
-	defInt(&c.MaxPendingPackets, 4096)
+	defInt(&c.MaxPendingPackets, 65536)
+	if c.MaxPendingBytes == 0 {
+		c.MaxPendingBytes = 256 << 20
+	}
 	defInt(&c.SpillBytes, 64<<10)
 	defInt(&c.MaxUUIDs, 1_000_000)
 	defInt(&c.Writers, 2)
@@ -173,6 +181,8 @@ type Flows struct {
 	names  namer
 	writer *writer
 	live   atomic.Int64 // flows in all tables
+	// pendingBytes is what the flows waiting for a UUID hold, in all tables.
+	pendingBytes atomic.Int64
 	heap   heapWatcher
 	bufs   sync.Pool
 

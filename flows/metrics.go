@@ -30,6 +30,8 @@ type metrics struct {
 	writerStalls        prometheus.Histogram
 	registryEntries     prometheus.Gauge
 	garbageCollected    prometheus.Counter
+	named               *prometheus.CounterVec
+	disagreements       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -114,6 +116,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pcap_demuxer_savers_garbage_collected_total",
 			Help: "Flows ended by a worker's sweep because they were silent for -flowtimeout (the same as pcap_flows_ended_total{reason=\"timeout\"}).",
 		}),
+		named: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pcap_flows_named_total",
+			Help: "Flows named, by the UUID source whose name they took first (eventsocket or netlink).",
+		}, []string{"source"}),
+		disagreements: f.NewCounter(prometheus.CounterOpts{
+			Name: "pcap_uuid_source_disagreements_total",
+			Help: "Sockets that two UUID sources named differently (same cookie, different prefix); the first name was kept.",
+		}),
 		registryEntries: f.NewGauge(prometheus.GaugeOpts{
 			Name: "pcap_registry_uuids",
 			Help: "UUIDs currently held by the registry.",
@@ -134,5 +144,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.ended.WithLabelValues(r)
 	}
 	m.missedUUIDs.WithLabelValues("pending")
+	m.named.WithLabelValues(SourceEventSocket)
+	m.named.WithLabelValues(SourceNetlink)
 	return m
 }

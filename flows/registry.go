@@ -3,6 +3,7 @@ package flows
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,7 @@ type claim struct {
 	key    Key
 	opened time.Time // when the socket was seen alive; names the date folder
 	local  side
+	source string // which UUID source announced it first
 	// closedAt is the Close event's timestamp in Unix nanoseconds, 0 while
 	// open. tcp-info stamps a Close late (up to a poll batch), so it only
 	// ever delays the end of a flow.
@@ -113,17 +115,54 @@ func newRegistry(retention time.Duration, maxEntries int, m *metrics) *Registry 
 }
 
 // Open records that the socket local↔remote is named uuid and was alive at
-// ts. Repeated Opens of one UUID are ignored.
+// ts, as tcp-info's eventsocket reports it. Repeated Opens of one UUID are
+// ignored.
 func (r *Registry) Open(ts time.Time, uuid string, local, remote netip.AddrPort) {
+	r.openFrom(SourceEventSocket, ts, uuid, local, remote)
+}
+
+// Names of UUID sources, the label values of pcap_flows_named_total.
+const (
+	SourceEventSocket = "eventsocket"
+	SourceNetlink     = "netlink"
+)
+
+// SourceSink is the registry as seen by one UUID source: the Opens it
+// receives are credited to that source. It is safe for concurrent use.
+type SourceSink struct {
+	r    *Registry
+	name string
+}
+
+// Sink returns the registry as seen by the named source.
+func (r *Registry) Sink(source string) *SourceSink { return &SourceSink{r: r, name: source} }
+
+// Open is Registry.Open, credited to the sink's source.
+func (s *SourceSink) Open(ts time.Time, uuid string, local, remote netip.AddrPort) {
+	s.r.openFrom(s.name, ts, uuid, local, remote)
+}
+
+// Close is Registry.Close.
+func (s *SourceSink) Close(ts time.Time, uuid string) { s.r.Close(ts, uuid) }
+
+func (r *Registry) openFrom(source string, ts time.Time, uuid string, local, remote netip.AddrPort) {
 	key, ok := KeyFromAddrPorts(local, remote)
 	if !ok {
 		r.m.badEvents.WithLabelValues("bad_tuple").Inc()
 		return
 	}
-	r.open(ts, uuid, key, sideOf(key, local))
+	r.open(source, ts, uuid, key, sideOf(key, local))
 }
 
-func (r *Registry) open(ts time.Time, uuid string, key Key, s side) {
+// cookieOf returns the socket cookie part of a UUID (<prefix>_<%016X>).
+func cookieOf(uuid string) string {
+	if i := strings.LastIndexByte(uuid, '_'); i >= 0 && len(uuid)-i-1 == 16 {
+		return uuid[i+1:]
+	}
+	return ""
+}
+
+func (r *Registry) open(source string, ts time.Time, uuid string, key Key, s side) {
 	r.m.uuids.Inc()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -139,8 +178,18 @@ func (r *Registry) open(ts time.Time, uuid string, key Key, s side) {
 		r.m.badEvents.WithLabelValues("registry_full").Inc()
 		return
 	}
-	c := &claim{uuid: uuid, key: key, opened: ts, local: s}
 	list := r.byKey[key]
+	if ck := cookieOf(uuid); ck != "" {
+		for _, c := range list {
+			if c.source != source && cookieOf(c.uuid) == ck {
+				// One socket, two names: the sources use different
+				// prefixes. The first name stands.
+				r.m.disagreements.Inc()
+				return
+			}
+		}
+	}
+	c := &claim{uuid: uuid, key: key, opened: ts, local: s, source: source}
 	i, _ := slices.BinarySearchFunc(list, ts, func(c *claim, t time.Time) int { return c.opened.Compare(t) })
 	list = slices.Insert(list, i, c)
 	for _, older := range list[:i] {

@@ -129,7 +129,7 @@ func (w *Worker) HandleFrame(fr *capture.Frame) {
 			fl.lookup = ts
 			w.nameKey(key, ts)
 		}
-		if fl.state == statePending && fl.packets >= w.f.cfg.MaxPendingPackets {
+		if fl.state == statePending && (fl.packets >= w.f.cfg.MaxPendingPackets || w.f.pendingBytes.Load() >= w.f.cfg.MaxPendingBytes) {
 			fl.dropped++
 			m.missedPackets.WithLabelValues("pending").Inc()
 			return
@@ -259,12 +259,16 @@ func (w *Worker) setName(fl *flow, c *claim, now time.Time) {
 		c.ended.Store(now.UnixNano())
 		return
 	}
+	w.f.pendingBytes.Add(-int64(len(fl.buf)))
 	fl.claim = c
 	fl.queue = w.f.writer.queueOf(c.uuid)
 	fl.dir = filepath.Join(w.f.cfg.DataDir, c.opened.UTC().Format("2006/01/02"))
 	w.setState(fl, stateActive)
 	delete(w.pending, fl)
 	w.f.m.starts.Inc()
+	if c.source != "" {
+		w.f.m.named.WithLabelValues(c.source).Inc()
+	}
 	w.f.m.uuidWait.Observe(max(now.Sub(fl.first), 0).Seconds())
 	switch {
 	case w.table[fl.key] != fl:
@@ -318,6 +322,9 @@ func (w *Worker) appendPacket(fl *flow, fr *capture.Frame) {
 		anonymizeAt(method, rec, w.pkt.AddrOff+alen, alen)
 	}
 	fl.packets++
+	if fl.state == statePending {
+		w.f.pendingBytes.Add(int64(recordHeaderLen + n))
+	}
 	w.f.m.packetsSaved.Inc()
 }
 
@@ -356,6 +363,7 @@ func (w *Worker) end(fl *flow, reason string) {
 		}
 		reason = endNoUUID
 		m.missedPackets.WithLabelValues("pending").Add(float64(fl.packets))
+		w.f.pendingBytes.Add(-int64(len(fl.buf)))
 		w.f.putBuf(fl.buf)
 		fl.buf = nil
 		delete(w.pending, fl)

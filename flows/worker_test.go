@@ -170,6 +170,9 @@ func TestFlowLifecycle(t *testing.T) {
 	if v := testutil.ToFloat64(m.active); v != 0 {
 		t.Errorf("active = %v", v)
 	}
+	if n := h.f.pendingBytes.Load(); n != 0 {
+		t.Errorf("pending bytes = %d after every flow ended", n)
+	}
 	if len(h.pub) != 1 {
 		t.Errorf("OnPublish called %d times", len(h.pub))
 	}
@@ -219,6 +222,9 @@ func TestNoUUIDDropped(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(h.f.m.missedPackets.WithLabelValues("pending")); v != 2 {
 		t.Errorf("missed packets = %v", v)
+	}
+	if n := h.f.pendingBytes.Load(); n != 0 {
+		t.Errorf("pending bytes = %d after the flow was dropped", n)
 	}
 }
 
@@ -299,6 +305,22 @@ func TestMaxHeaderSizeAndSnap(t *testing.T) {
 	recs := readPcapGz(t, filepath.Join(h.dir, "2026/11/25/"+uuidA+".pcap.gz"))
 	if len(recs) != 1 || len(recs[0].data) != 60 || recs[0].wireLen != 14+40+60+10 {
 		t.Fatalf("records = %+v", recs)
+	}
+}
+
+func TestPendingBytesBound(t *testing.T) {
+	h := newHarness(t, Config{MaxPendingBytes: 1000})
+	for i := range 20 {
+		h.send(t0.Add(time.Duration(i)*time.Millisecond), frameSpec{src: cli4, dst: srv4, flags: flagACK, seq: uint32(i)})
+	}
+	// 70 bytes per record: the 15th would cross 1000.
+	if v := testutil.ToFloat64(h.f.m.missedPackets.WithLabelValues("pending")); v != 5 {
+		t.Errorf("missed packets = %v, want 5", v)
+	}
+	h.open(t0, uuidA, cli4, srv4)
+	h.w.Tick(t0.Add(time.Second))
+	if n := h.f.pendingBytes.Load(); n != 0 {
+		t.Errorf("pending bytes = %d after the flow was named", n)
 	}
 }
 
