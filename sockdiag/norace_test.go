@@ -1,0 +1,5 @@
+//go:build !race
+
+package sockdiag
+
+const raceEnabled = false
