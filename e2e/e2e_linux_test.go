@@ -398,6 +398,9 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 			"-interface", netns.ServerVeth,
 			"-datadir", res.datadir,
 			"-tcpinfo.eventsocket", sock,
+			// Only tcp-info names flows: this test checks the daemon
+			// against the connections tcp-info reported.
+			"-uuid.source", "eventsocket",
 			"-captureduration", captureDuration.String(),
 			"-flowtimeout", flowTimeout.String(),
 			"-uuidwaitduration", uuidWait.String(),

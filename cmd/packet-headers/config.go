@@ -29,7 +29,9 @@ type config struct {
 	PrometheusListen string           `flag:"prometheusx.listen-address" envconfig:"PROMETHEUSX_LISTEN_ADDRESS" help:"Address of the /metrics server; empty disables it."`
 	SigtermWait      time.Duration    `flag:"sigtermwait" envconfig:"SIGTERMWAIT" help:"After SIGTERM, keep capturing this long, then finish every open flow (and give the archiver as long again to upload) and exit."`
 	Stream           bool             `flag:"stream" envconfig:"STREAM" help:"Accepted for compatibility: flows are always streamed to disk."`
-	EventSocket      string           `flag:"tcpinfo.eventsocket" envconfig:"TCPINFO_EVENTSOCKET" help:"Path of tcp-info's eventsocket, the source of flow UUIDs."`
+	EventSocket      string           `flag:"tcpinfo.eventsocket" envconfig:"TCPINFO_EVENTSOCKET" help:"Path of tcp-info's eventsocket, a source of flow UUIDs (see -uuid.source)."`
+	UUIDSource       string           `flag:"uuid.source" envconfig:"UUID_SOURCE" help:"Where flow UUIDs come from: eventsocket (tcp-info's, needs -tcpinfo.eventsocket), netlink (the kernel's socket cookies, looked up with sock_diag: every local socket, no tcp-info needed), or both. Default: both with -tcpinfo.eventsocket, else netlink."`
+	UUIDPrefixFile   string           `flag:"uuid-prefix-file" envconfig:"UUID_PREFIX_FILE" help:"File holding the UUID prefix for sockets of this network namespace, as tcp-info's flag of the same name; without it the prefix is derived as tcp-info derives it (<hostname>_<boottime>_unsafe). With -uuid.source=both the prefix in tcp-info's UUIDs wins."`
 	UUIDWait         time.Duration    `flag:"uuidwaitduration" envconfig:"UUIDWAITDURATION" help:"How long packets wait for their flow's UUID before the flow is dropped (counted in pcap_missed_uuids_total)."`
 	Workers          int              `flag:"workers" envconfig:"WORKERS" help:"Capture workers (fanout sockets) per interface; 0 means one per CPU."`
 	Read             string           `flag:"read" envconfig:"READ" help:"Process this pcap or pcapng file (optionally gzipped) instead of capturing, then exit."`
@@ -37,8 +39,16 @@ type config struct {
 	cli.Archive
 }
 
+// Values of -uuid.source.
+const (
+	uuidEventSocket = "eventsocket"
+	uuidNetlink     = "netlink"
+	uuidBoth        = "both"
+)
+
 const usage = `Captures the packet headers of every TCP flow into <datadir>/YYYY/MM/DD/<UUID>.pcap.gz,
-one file per flow, named by the flow's tcp-info UUID; with -archive.url, also bundles
+one file per flow, named by the flow's tcp-info UUID (from tcp-info's eventsocket, or
+computed the same way from the kernel's socket cookies); with -archive.url, also bundles
 finished files into tarballs and uploads them. Every flag can also be set by the
 environment variable named after it (upper case, '.' and '-' as '_'); the command
 line wins.`
@@ -105,8 +115,24 @@ func (c *config) validate() error {
 		}
 		return nil
 	}
-	if c.EventSocket == "" {
-		return errors.New("-tcpinfo.eventsocket is required to name flows (or use -read to process a file)")
+	switch c.UUIDSource {
+	case "":
+		c.UUIDSource = uuidNetlink
+		if c.EventSocket != "" {
+			c.UUIDSource = uuidBoth
+		}
+	case uuidEventSocket, uuidBoth:
+		if c.EventSocket == "" {
+			return fmt.Errorf("-uuid.source=%s needs -tcpinfo.eventsocket", c.UUIDSource)
+		}
+	case uuidNetlink:
+	default:
+		return fmt.Errorf("unknown -uuid.source %q (want eventsocket, netlink or both)", c.UUIDSource)
+	}
+	if c.UUIDPrefixFile != "" {
+		if _, err := os.Stat(c.UUIDPrefixFile); err != nil {
+			return fmt.Errorf("-uuid-prefix-file: %w", err)
+		}
 	}
 	for _, name := range c.Interfaces.Values {
 		if _, err := net.InterfaceByName(name); err != nil {

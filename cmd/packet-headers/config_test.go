@@ -112,12 +112,36 @@ func TestBadConfig(t *testing.T) {
 		}
 	}
 	t.Setenv("TCPINFO_EVENTSOCKET", "")
-	if _, err := parseConfig(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "-tcpinfo.eventsocket is required") {
-		t.Errorf("no eventsocket: err = %v", err)
+	for _, src := range []string{"eventsocket", "both"} {
+		if _, err := parseConfig([]string{"-uuid.source=" + src}, io.Discard); err == nil || !strings.Contains(err.Error(), "needs -tcpinfo.eventsocket") {
+			t.Errorf("-uuid.source=%s without eventsocket: err = %v", src, err)
+		}
+	}
+	if _, err := parseConfig([]string{"-uuid.source=magic"}, io.Discard); err == nil || !strings.Contains(err.Error(), "unknown -uuid.source") {
+		t.Errorf("bad source: err = %v", err)
+	}
+	if _, err := parseConfig([]string{"-uuid-prefix-file=/nonexistent/prefix"}, io.Discard); err == nil {
+		t.Error("missing prefix file accepted")
 	}
 	t.Setenv("ANONYMIZE_IP", "bogus")
 	if _, err := parseConfig(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "ANONYMIZE_IP") {
 		t.Errorf("bad env: err = %v", err)
+	}
+}
+
+func TestUUIDSourceDefault(t *testing.T) {
+	cfg, err := parseConfig(nil, io.Discard)
+	if err != nil || cfg.UUIDSource != "netlink" {
+		t.Errorf("without eventsocket: source %q, %v", cfg.UUIDSource, err)
+	}
+	cfg, err = parseConfig([]string{"-tcpinfo.eventsocket=/run/x.sock"}, io.Discard)
+	if err != nil || cfg.UUIDSource != "both" {
+		t.Errorf("with eventsocket: source %q, %v", cfg.UUIDSource, err)
+	}
+	t.Setenv("UUID_SOURCE", "eventsocket")
+	cfg, err = parseConfig([]string{"-tcpinfo.eventsocket=/run/x.sock"}, io.Discard)
+	if err != nil || cfg.UUIDSource != "eventsocket" {
+		t.Errorf("UUID_SOURCE: source %q, %v", cfg.UUIDSource, err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"sort"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,6 +35,7 @@ import (
 	"github.com/headercap/headercap/events"
 	"github.com/headercap/headercap/flows"
 	"github.com/headercap/headercap/internal/cli"
+	"github.com/headercap/headercap/sockdiag"
 )
 
 func main() {
@@ -84,6 +88,19 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 		}
 	}
 	fcfg := flowsConfig(cfg)
+	// The netlink source names flows from the kernel's socket cookies; the
+	// registry it feeds exists only once the flows do, so it reaches it
+	// through sink.
+	var nl *sockdiag.Source
+	sink := &lateSink{}
+	if cfg.UUIDSource != uuidEventSocket {
+		var err error
+		nl, err = sockdiag.New(sockdiag.Config{PrefixFile: cfg.UUIDPrefixFile, MaxWait: cfg.UUIDWait}, sink, reg)
+		if err != nil {
+			return fmt.Errorf("netlink uuid source: %w", err)
+		}
+		fcfg.OnNewFlow = nl.Lookup
+	}
 	arch, err := newArchiver(ctx, cfg, cfg.SigtermWait, reg)
 	if err != nil {
 		return err
@@ -95,6 +112,7 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	if err != nil {
 		return err
 	}
+	sink.set(fl.Registry().Sink(flows.SourceNetlink))
 	if st, err := fl.Recover(); err != nil {
 		return fmt.Errorf("recover %s: %w", cfg.DataDir, err)
 	} else if st.Salvaged+st.Removed > 0 {
@@ -109,11 +127,17 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 		return err
 	}
 	registry := fl.Registry()
-	client, err := events.NewClient(events.ClientConfig{Path: cfg.EventSocket}, func(ev events.Event) {
-		feed(registry, ev)
-	}, reg)
-	if err != nil {
-		return err
+	var client *events.Client
+	if cfg.UUIDSource != uuidNetlink {
+		client, err = events.NewClient(events.ClientConfig{Path: cfg.EventSocket}, func(ev events.Event) {
+			if nl != nil {
+				adoptPrefix(nl, ev)
+			}
+			feed(registry, ev)
+		}, reg)
+		if err != nil {
+			return err
+		}
 	}
 	srv, err := serveMetrics(cfg.PrometheusListen, reg)
 	if err != nil {
@@ -130,7 +154,12 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	go func() { fl.Run(); close(flowsDone) }()
 
 	g, gctx := errgroup.WithContext(auxCtx)
-	g.Go(func() error { return client.Run(gctx) })
+	if client != nil {
+		g.Go(func() error { return client.Run(gctx) })
+	}
+	if nl != nil {
+		g.Go(func() error { return nl.Run(gctx) })
+	}
 	g.Go(func() error { return srv.run(gctx) })
 	g.Go(func() error { freeIdleRAM(gctx, uint64(cfg.MaxIdleRAM)); return nil })
 	// The archiver stops after the last flow is written; it then seals what
@@ -147,7 +176,7 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 
 	captureErr := make(chan error, 1)
 	go func() { captureErr <- live.Run(captureCtx) }()
-	log.Printf("capturing on %v into %s (eventsocket %s)", ifaces, cfg.DataDir, cfg.EventSocket)
+	log.Printf("capturing on %v into %s, UUIDs from %s", ifaces, cfg.DataDir, describeSource(cfg))
 
 	var runErr error
 	select {
@@ -193,6 +222,54 @@ func newArchiver(ctx context.Context, cfg config, grace time.Duration, reg prome
 		return nil, err
 	}
 	return cfg.Archive.NewArchiver(ctx, acfg, reg, slog.Default())
+}
+
+func describeSource(cfg config) string {
+	switch cfg.UUIDSource {
+	case uuidEventSocket:
+		return "tcp-info's eventsocket " + cfg.EventSocket
+	case uuidBoth:
+		return "netlink and tcp-info's eventsocket " + cfg.EventSocket
+	}
+	return "netlink (socket cookies)"
+}
+
+// lateSink passes a UUID source's findings to the registry once it exists.
+type lateSink struct {
+	mu sync.Mutex
+	s  sockdiag.Sink
+}
+
+func (l *lateSink) set(s sockdiag.Sink) { l.mu.Lock(); l.s = s; l.mu.Unlock() }
+
+func (l *lateSink) get() sockdiag.Sink { l.mu.Lock(); defer l.mu.Unlock(); return l.s }
+
+func (l *lateSink) Open(ts time.Time, uuid string, local, remote netip.AddrPort) {
+	if s := l.get(); s != nil {
+		s.Open(ts, uuid, local, remote)
+	}
+}
+
+func (l *lateSink) Close(ts time.Time, uuid string) {
+	if s := l.get(); s != nil {
+		s.Close(ts, uuid)
+	}
+}
+
+// adoptPrefix makes the netlink source use the prefix of tcp-info's UUIDs,
+// so that both name a socket alike even when their prefix files differ or
+// tcp-info derived its own: a UUID is <prefix>_<cookie as %016X>.
+func adoptPrefix(nl *sockdiag.Source, ev events.Event) {
+	if ev.Kind != events.Open || !ev.HasID {
+		return
+	}
+	suffix := fmt.Sprintf("_%016X", ev.Cookie)
+	prefix, ok := strings.CutSuffix(ev.UUID, suffix)
+	if !ok || prefix == "" || prefix == nl.Prefix() {
+		return
+	}
+	log.Printf("netlink uuid source: using tcp-info's UUID prefix %q instead of %q", prefix, nl.Prefix())
+	nl.SetPrefix(prefix)
 }
 
 // feed passes one eventsocket event to the registry.
