@@ -183,8 +183,8 @@ type Flows struct {
 	live   atomic.Int64 // flows in all tables
 	// pendingBytes is what the flows waiting for a UUID hold, in all tables.
 	pendingBytes atomic.Int64
-	heap   heapWatcher
-	bufs   sync.Pool
+	heap         heapWatcher
+	bufs         sync.Pool
 
 	mu      sync.Mutex
 	workers []*Worker
