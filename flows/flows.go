@@ -58,8 +58,9 @@ type Config struct {
 	// UUIDWait bounds how long packets wait for their flow's UUID. Default 5s.
 	UUIDWait time.Duration
 	// ReuseSettle is how long after its stamp a UUID waits before it is
-	// matched, when several connections on its 4-tuple wait for theirs.
-	// Default UUIDWait/2, at most 1s.
+	// matched, when several connections on its 4-tuple wait for theirs; it
+	// is matched earlier if one of them is about to be dropped. Default
+	// UUIDWait: wait as long as the connections can.
 	ReuseSettle time.Duration
 	// CloseGrace is how long a flow lives after its socket closed, for
 	// trailing FIN/ACKs. Default 1s.
@@ -96,7 +97,9 @@ type Config struct {
 	Writers int
 	// WriteQueue is how many finished flows may wait for a writer. Default 4096.
 	WriteQueue int
-	// CompressionLevel is the gzip level. Default gzip.DefaultCompression.
+	// CompressionLevel is the gzip level. Default gzip.BestSpeed: flow
+	// files are small, so a slower level mostly pays for building Huffman
+	// tables, and saves little (measured in the README).
 	CompressionLevel int
 	// Fsync makes every published file durable before it is linked.
 	Fsync bool
@@ -128,7 +131,7 @@ func (c *Config) setDefaults() {
 	def(&c.UUIDWait, 5*time.Second)
 	def(&c.CloseGrace, time.Second)
 	def(&c.SweepInterval, 100*time.Millisecond)
-	def(&c.ReuseSettle, min(c.UUIDWait/2, time.Second))
+	def(&c.ReuseSettle, c.UUIDWait)
 	def(&c.Retention, c.FlowTimeout+c.UUIDWait)
 	defInt := func(d *int, v int) {
 		if *d == 0 {
@@ -145,7 +148,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.Writers, 2)
 	defInt(&c.WriteQueue, 4096)
 	if c.CompressionLevel == 0 {
-		c.CompressionLevel = gzip.DefaultCompression
+		c.CompressionLevel = gzip.BestSpeed
 	}
 	if c.Logf == nil {
 		c.Logf = log.Printf

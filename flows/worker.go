@@ -186,6 +186,10 @@ const clientMargin = 50 * time.Millisecond
 // before the claim.
 const settle = 100 * time.Millisecond
 
+// expiryMargin is how long before a waiting connection would be dropped
+// that nameKey stops waiting for more claims on its tuple: a few ticks.
+const expiryMargin = 150 * time.Millisecond
+
 // nameKey hands the claims for key to the connections on key they belong
 // to.
 //
@@ -198,8 +202,10 @@ const settle = 100 * time.Millisecond
 // before the connection given to the next newer claim. When a tuple has a
 // single connection waiting (no reuse: the common case) a claim is handed
 // over at once; when several wait, the claims are matched only
-// Config.ReuseSettle after their stamp, when the newer claims that could
-// change the match have arrived.
+// Config.ReuseSettle after their stamp, or when one of the waiting
+// connections is about to be dropped, so that the newer claims that could
+// change the match have arrived (tcp-info may deliver them seconds late on
+// a loaded host).
 func (w *Worker) nameKey(key Key, now time.Time) {
 	gens := w.gens[:0]
 	gens = append(gens, w.retired[key]...)
@@ -218,6 +224,14 @@ func (w *Worker) nameKey(key Key, now time.Time) {
 		}
 		ready = append(ready, c)
 	}
+	// Waiting for newer claims ends when a connection that could take one
+	// is about to be dropped for want of a UUID.
+	expiring := w.finishing
+	for _, g := range gens {
+		if now.Sub(g.first) >= w.f.cfg.UUIDWait-expiryMargin {
+			expiring = true
+		}
+	}
 	limit := len(gens)
 	for i := len(ready) - 1; i >= 0 && limit > 0; i-- {
 		c := ready[i]
@@ -229,7 +243,7 @@ func (w *Worker) nameKey(key Key, now time.Time) {
 			continue
 		}
 		limit = j
-		if (len(gens) > 1 || len(ready) > 1) && now.Sub(c.opened) < w.f.cfg.ReuseSettle && !w.finishing {
+		if (len(gens) > 1 || len(ready) > 1) && now.Sub(c.opened) < w.f.cfg.ReuseSettle && !expiring {
 			continue // ambiguous: a newer claim may still take gens[j]
 		}
 		if w.f.names.take(c) {

@@ -502,6 +502,10 @@ func TestLateOpenNamesEarlierConnection(t *testing.T) {
 			t.Errorf("both=%v: named before the claims settled: %v", both, got)
 		}
 		h.w.Tick(t0.Add(1200 * time.Millisecond))
+		if got := h.files(); len(got) != 0 {
+			t.Errorf("both=%v: named before the first connection's UUID wait ran out: %v", both, got)
+		}
+		h.w.Tick(t0.Add(1900 * time.Millisecond)) // 2s wait - margin
 		if both && h.w.Len() != 1 {
 			t.Errorf("both=%v: %d flows left, want the second connection only", both, h.w.Len())
 		}
