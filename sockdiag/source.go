@@ -477,7 +477,7 @@ func (st *loopState) answer(p *pending, m diagMsg, now time.Time) {
 		return
 	}
 	uuid := FromCookie(st.src.Prefix(), m.cookie)
-	st.open(k, now, uuid, m.local, m.remote, p.first, now, howQuery)
+	st.open(k, p.first, uuid, m.local, m.remote, p.first, now, howQuery)
 	if m.isTimeWait() {
 		// The full socket is gone already; its destroy notification (if
 		// any) came or comes separately and is deduplicated.
@@ -493,12 +493,13 @@ func (st *loopState) answer(p *pending, m diagMsg, now time.Time) {
 }
 
 // openGone names a socket that was already destroyed (and closed): Open,
-// then Close again, both at its destroy time, unless it was named before.
+// stamped with the first packet of the flow it names, then Close at its
+// destroy time, unless it was named before.
 func (st *loopState) openGone(k sockKey, g gone, first, now time.Time) {
 	if _, ok := st.named.lookup(k); ok {
 		return
 	}
-	st.open(k, g.at, g.uuid, g.local, g.remote, first, now, howDestroy)
+	st.open(k, first, g.uuid, g.local, g.remote, first, now, howDestroy)
 	st.src.sink.Close(g.at, g.uuid)
 }
 
@@ -520,7 +521,7 @@ func (st *loopState) destroyed(m diagMsg, at time.Time) {
 	if p := st.pending.get(k); p != nil && p.first.Before(at) {
 		// The flow began before this socket died: it is the flow's socket.
 		if !named {
-			st.open(sk, at, uuid, m.local, m.remote, p.first, time.Now(), howDestroy)
+			st.open(sk, p.first, uuid, m.local, m.remote, p.first, time.Now(), howDestroy)
 		}
 		st.pending.remove(p)
 	}

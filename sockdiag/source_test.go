@@ -88,7 +88,8 @@ func TestQueryFindsSocket(t *testing.T) {
 		// The capture does not know which side is local.
 		h.src.Lookup(cliAP, srvAP, first)
 		synctest.Wait()
-		want := []event{{open: true, ts: time.Now(), uuid: testPrefix + "_0000000000000ABC", local: srvAP, remote: cliAP}}
+		// Open is stamped with the flow's first packet.
+		want := []event{{open: true, ts: first, uuid: testPrefix + "_0000000000000ABC", local: srvAP, remote: cliAP}}
 		if got := h.sink.events(); !equalEvents(got, want) {
 			t.Fatalf("events %+v, want %+v", got, want)
 		}
@@ -122,8 +123,11 @@ func TestRetryUntilFound(t *testing.T) {
 		if len(opens) != 1 || opens[0].uuid != FromCookie(testPrefix, 7) {
 			t.Fatalf("opens %+v", opens)
 		}
-		if d := opens[0].ts.Sub(start); d != 31*time.Millisecond {
-			t.Errorf("found after %v, want 31ms", d)
+		if !opens[0].ts.Equal(start) {
+			t.Errorf("Open stamped %v, want the flow's first packet %v", opens[0].ts, start)
+		}
+		if q, _ := h.k.counts(); q != 6 {
+			t.Errorf("found after %d round trips, want 6 (at 31ms)", q)
 		}
 		// The delay is capped at MaxRetry.
 		h.src.Lookup(srvAP, cliAP, time.Now())
@@ -204,7 +208,7 @@ func TestDestroyAnswersPending(t *testing.T) {
 		synctest.Wait()
 		uuid := FromCookie(testPrefix, 0x42)
 		want := []event{
-			{open: true, ts: at, uuid: uuid, local: srvAP, remote: cliAP},
+			{open: true, ts: first, uuid: uuid, local: srvAP, remote: cliAP},
 			{open: false, ts: at, uuid: uuid},
 		}
 		if got := h.sink.events(); !equalEvents(got, want) {
@@ -238,7 +242,7 @@ func TestDestroyBeforeLookup(t *testing.T) {
 		synctest.Wait()
 		want := []event{
 			{open: false, ts: at, uuid: uuid},
-			{open: true, ts: at, uuid: uuid, local: srvAP, remote: cliAP},
+			{open: true, ts: first, uuid: uuid, local: srvAP, remote: cliAP},
 			{open: false, ts: at, uuid: uuid},
 		}
 		if got := h.sink.events(); !equalEvents(got, want) {
@@ -295,11 +299,12 @@ func TestTimeWait(t *testing.T) {
 			h := start(t, Config{}, false)
 			// Entered TIME_WAIT 2s ago; the flow began 3s ago.
 			h.k.put(tw(58000))
-			h.src.Lookup(srvAP, cliAP, time.Now().Add(-3*time.Second))
+			first := time.Now().Add(-3 * time.Second)
+			h.src.Lookup(srvAP, cliAP, first)
 			synctest.Wait()
 			uuid := FromCookie(testPrefix, 3)
 			want := []event{
-				{open: true, ts: time.Now(), uuid: uuid, local: srvAP, remote: cliAP},
+				{open: true, ts: first, uuid: uuid, local: srvAP, remote: cliAP},
 				{open: false, ts: time.Now(), uuid: uuid},
 			}
 			if got := h.sink.events(); !equalEvents(got, want) {
