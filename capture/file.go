@@ -203,9 +203,12 @@ func (fr *fileReader) read(ctx context.Context, r io.Reader) error {
 		return err
 	}
 	var rec record
+	done := ctx.Done() // a non-blocking receive is cheaper than ctx.Err per frame
 	for {
-		if err := ctx.Err(); err != nil {
-			return err
+		select {
+		case <-done:
+			return ctx.Err()
+		default:
 		}
 		if err := rr.next(&rec); err != nil {
 			if err == io.EOF {
