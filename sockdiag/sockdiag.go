@@ -33,10 +33,10 @@ var ErrNotSupported = errors.New("sockdiag: sock_diag netlink is only supported 
 type Sink interface {
 	// Open reports a socket and its UUID. local is the socket's own
 	// address; IPv4-mapped IPv6 addresses are reported as IPv4, as they
-	// appear on the wire. ts is the first packet time of the flow whose
-	// lookup found the socket (Lookup's first): a time at which that flow,
-	// and so this socket's connection, was under way. On a reused 4-tuple
-	// it tells the connections apart, as tcp-info's poll time does.
+	// appear on the wire. ts is when the source found the socket alive
+	// (for a socket named from a destroy notification: when it was
+	// destroyed); like tcp-info's poll time, it orders the connections of
+	// a reused 4-tuple.
 	Open(ts time.Time, uuid string, local, remote netip.AddrPort)
 	// Close reports that the socket with this UUID was destroyed. It may
 	// come for a UUID never passed to Open (a socket no lookup asked for),

@@ -328,9 +328,15 @@ func (st *loopState) lookup(r request, now time.Time) {
 	}
 	k := keyOf(a, b)
 	if g, ok := st.gone.match(k, r.first, now); ok {
-		// Destroyed after the flow began: the flow's socket.
-		st.openGone(sockKey{k, g.cookie}, g, r.first, now)
-		return
+		f, named := st.named.firstOf(sockKey{k, g.cookie})
+		if !named || f.Equal(r.first) {
+			// Destroyed after the flow began: the flow's socket (or this
+			// is a repeated lookup of the flow it was named for).
+			st.openGone(sockKey{k, g.cookie}, g, r.first, now)
+			return
+		}
+		// A socket named for another flow, destroyed after a new
+		// connection reused its tuple: this flow's socket is another one.
 	}
 	if p := st.pending.get(k); p != nil {
 		if r.first.Before(p.first) {
@@ -477,7 +483,7 @@ func (st *loopState) answer(p *pending, m diagMsg, now time.Time) {
 		return
 	}
 	uuid := FromCookie(st.src.Prefix(), m.cookie)
-	st.open(k, p.first, uuid, m.local, m.remote, p.first, now, howQuery)
+	st.open(k, now, uuid, m.local, m.remote, p.first, now, howQuery)
 	if m.isTimeWait() {
 		// The full socket is gone already; its destroy notification (if
 		// any) came or comes separately and is deduplicated.
@@ -493,13 +499,12 @@ func (st *loopState) answer(p *pending, m diagMsg, now time.Time) {
 }
 
 // openGone names a socket that was already destroyed (and closed): Open,
-// stamped with the first packet of the flow it names, then Close at its
-// destroy time, unless it was named before.
+// then Close again, both at its destroy time, unless it was named before.
 func (st *loopState) openGone(k sockKey, g gone, first, now time.Time) {
 	if _, ok := st.named.lookup(k); ok {
 		return
 	}
-	st.open(k, first, g.uuid, g.local, g.remote, first, now, howDestroy)
+	st.open(k, g.at, g.uuid, g.local, g.remote, first, now, howDestroy)
 	st.src.sink.Close(g.at, g.uuid)
 }
 
@@ -518,11 +523,11 @@ func (st *loopState) destroyed(m diagMsg, at time.Time) {
 	if !st.gone.add(k, gone{cookie: m.cookie, at: at, local: m.local, remote: m.remote, uuid: uuid}) {
 		return // already seen destroyed
 	}
-	if p := st.pending.get(k); p != nil && p.first.Before(at) {
+	if p := st.pending.get(k); p != nil && p.first.Before(at) && !named {
 		// The flow began before this socket died: it is the flow's socket.
-		if !named {
-			st.open(sk, p.first, uuid, m.local, m.remote, p.first, time.Now(), howDestroy)
-		}
+		// (A socket named already is not: a destroy can come after a new
+		// connection reused the tuple, and that connection's lookup waits.)
+		st.open(sk, at, uuid, m.local, m.remote, p.first, time.Now(), howDestroy)
 		st.pending.remove(p)
 	}
 	st.src.sink.Close(at, uuid)
@@ -537,7 +542,7 @@ const (
 
 // open passes a socket to Sink.Open and remembers it as named.
 func (st *loopState) open(k sockKey, ts time.Time, uuid string, local, remote netip.AddrPort, first, now time.Time, h how) {
-	st.named.add(k, uuid)
+	st.named.add(k, uuid, first)
 	st.src.sink.Open(ts, uuid, local, remote)
 	m := st.src.m
 	if h == howQuery {

@@ -162,8 +162,9 @@ type namedSet struct {
 }
 
 type named struct {
-	uuid string
-	gen  uint64
+	uuid  string
+	first time.Time // first packet of the flow it was named for
+	gen   uint64
 }
 
 type namedRef struct {
@@ -180,9 +181,15 @@ func (s *namedSet) lookup(k sockKey) (string, bool) {
 	return n.uuid, ok
 }
 
-func (s *namedSet) add(k sockKey, uuid string) {
+// firstOf returns the first packet time of the flow k was named for.
+func (s *namedSet) firstOf(k sockKey) (time.Time, bool) {
+	n, ok := s.m[k]
+	return n.first, ok
+}
+
+func (s *namedSet) add(k sockKey, uuid string, first time.Time) {
 	s.gen++
-	s.m[k] = named{uuid: uuid, gen: s.gen}
+	s.m[k] = named{uuid: uuid, first: first, gen: s.gen}
 	s.order = append(s.order, namedRef{k, s.gen})
 	for len(s.m) > s.limit {
 		s.evictOldest()

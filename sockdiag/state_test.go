@@ -80,7 +80,7 @@ func TestNamedSet(t *testing.T) {
 	s := newNamedSet(3)
 	key := func(c uint64) sockKey { return sockKey{keyOf(srvAP, cliAP), c} }
 	for c := range uint64(5) {
-		s.add(key(c), "u")
+		s.add(key(c), "u", time.Time{})
 	}
 	for c := range uint64(5) {
 		_, ok := s.lookup(key(c))
@@ -90,9 +90,9 @@ func TestNamedSet(t *testing.T) {
 	}
 	// Removed entries and re-added keys do not confuse eviction.
 	s.remove(key(2))
-	s.add(key(3), "again") // now the newest
-	s.add(key(5), "u")
-	s.add(key(6), "u")
+	s.add(key(3), "again", time.Time{}) // now the newest
+	s.add(key(5), "u", time.Time{})
+	s.add(key(6), "u", time.Time{})
 	if _, ok := s.lookup(key(3)); !ok {
 		t.Error("re-added key evicted by its stale reference")
 	}
@@ -103,7 +103,7 @@ func TestNamedSet(t *testing.T) {
 		t.Errorf("%d entries, want 3", len(s.m))
 	}
 	for range 100 {
-		s.add(key(7), "u")
+		s.add(key(7), "u", time.Time{})
 	}
 	if len(s.order) > 2*s.limit {
 		t.Errorf("order holds %d references for %d entries", len(s.order), len(s.m))
