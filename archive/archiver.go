@@ -355,9 +355,11 @@ func (b *bundler) shutdown(stopUploads context.CancelFunc) {
 // deadline, leaving the rest for the next start.
 func (b *bundler) collect(deadline time.Time) {
 	// Bundling is paused after a failure (a full disk): leave it all.
+	// Nor beyond the spool's bound on sealed bundles: what cannot be
+	// uploaded now is better left as sources than sealed on the disk.
 	stop := func() bool {
 		now := b.a.cfg.Clock()
-		return now.After(deadline) || now.Before(b.pauseUntil)
+		return now.After(deadline) || now.Before(b.pauseUntil) || len(b.queue)+b.inflight >= b.maxPending()
 	}
 	for n := cap(b.a.cand); n > 0 && !stop(); n-- {
 		select {
