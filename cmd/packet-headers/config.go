@@ -34,6 +34,7 @@ type config struct {
 	UUIDPrefixFile   string           `flag:"uuid-prefix-file" envconfig:"UUID_PREFIX_FILE" help:"File holding the UUID prefix for sockets of this network namespace, as tcp-info's flag of the same name; without it the prefix is derived as tcp-info derives it (<hostname>_<boottime>_unsafe). With -uuid.source=both the prefix in tcp-info's UUIDs wins."`
 	UUIDWait         time.Duration    `flag:"uuidwaitduration" envconfig:"UUIDWAITDURATION" help:"How long packets wait for their flow's UUID before the flow is dropped (counted in pcap_missed_uuids_total)."`
 	Workers          int              `flag:"workers" envconfig:"WORKERS" help:"Capture workers (fanout sockets) per interface; 0 means one per CPU."`
+	RingSize         cli.ByteSize     `flag:"capture.ringsize" envconfig:"CAPTURE_RINGSIZE" help:"Kernel ring memory per interface, split among its workers (at least 8 MiB each); a larger ring rides out longer stalls of the workers without drops."`
 	Read             string           `flag:"read" envconfig:"READ" help:"Process this pcap or pcapng file (optionally gzipped) instead of capturing, then exit."`
 	ReadEvents       string           `flag:"read.events" envconfig:"READ_EVENTS" help:"With -read: tcp-info eventsocket lines (JSON) recorded alongside the capture, for the flows' UUIDs. Without it, flows get deterministic synthetic UUIDs."`
 	cli.Archive
@@ -61,6 +62,7 @@ func defaultConfig() config {
 		MaxHeaderSize:    256,
 		MaxIdleRAM:       3 * cli.Gigabyte,
 		MaxHeap:          8 * cli.Gigabyte,
+		RingSize:         128 << 20,
 		PrometheusListen: ":9990",
 		SigtermWait:      time.Second,
 		UUIDWait:         5 * time.Second,
@@ -97,6 +99,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("-maxheadersize must be between 54 and 65535 bytes, got %d", c.MaxHeaderSize)
 	case c.MaxFlows < 0:
 		return fmt.Errorf("-maxflows must not be negative, got %d", c.MaxFlows)
+	case c.RingSize < 0:
+		return fmt.Errorf("-capture.ringsize must not be negative, got %d", c.RingSize)
 	case c.Workers < 0 || c.Workers > 1024:
 		return fmt.Errorf("-workers must be between 0 and 1024, got %d", c.Workers)
 	case c.DataDir == "":

@@ -51,7 +51,8 @@ func TestSeedDefaults(t *testing.T) {
 		"maxheadersize": "256", "maxidleram": "3GB", "maxheap": "8GB", "maxflows": "0",
 		"prometheusx.listen-address": ":9990", "sigtermwait": "1s", "stream": "false",
 		"tcpinfo.eventsocket": "", "uuidwaitduration": "5s",
-		"archive.url": "", "archive.datatype": "pcap", "archive.size": "20MB", "archive.maxage": "1h0m0s", "archive.compression": "gzip",
+		"capture.ringsize": "128MiB",
+		"archive.url":      "", "archive.datatype": "pcap", "archive.size": "20MB", "archive.maxage": "1h0m0s", "archive.compression": "gzip",
 	} {
 		if got := fs.Lookup(name).DefValue; got != want {
 			t.Errorf("-%s default %q, want %q", name, got, want)

@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"sort"
@@ -118,10 +119,16 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	} else if st.Salvaged+st.Removed > 0 {
 		log.Printf("recovered %d flows of an earlier run, removed %d temporary files", st.Salvaged, st.Removed)
 	}
+	workers := cfg.Workers
+	if workers == 0 {
+		workers = runtime.NumCPU()
+	}
 	live, err := capture.NewLive(capture.Config{
 		Interfaces: ifaces,
-		Workers:    cfg.Workers,
+		Workers:    workers,
 		SnapLen:    int(cfg.MaxHeaderSize),
+		BlockSize:  capture.DefaultBlockSize,
+		NumBlocks:  ringBlocks(int64(cfg.RingSize), workers),
 	}, func(i int) capture.Handler { return fl.NewWorker(i) }, reg)
 	if err != nil {
 		return err
@@ -179,6 +186,11 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	log.Printf("capturing on %v into %s, UUIDs from %s", ifaces, cfg.DataDir, describeSource(cfg))
 
 	var runErr error
+	archEarly := false
+	var archStopped <-chan error // nil without an archiver: never ready
+	if arch != nil {
+		archStopped = archDone
+	}
 	select {
 	case <-ctx.Done():
 		log.Printf("stopping: capturing %v more, then finishing every flow", cfg.SigtermWait)
@@ -189,6 +201,15 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	case runErr = <-captureErr:
 	case <-gctx.Done():
 		// A component failed; g.Wait below returns its error.
+	case err := <-archStopped:
+		// The archiver stopped on its own: it could not start (e.g.
+		// another archiver holds the spool dir). Capturing without it
+		// would fill the disk unnoticed.
+		archEarly = true
+		runErr = fmt.Errorf("archiver stopped: %w", err)
+		if err == nil {
+			runErr = errors.New("archiver stopped")
+		}
 	}
 	stopCapture()
 	if runErr == nil {
@@ -197,16 +218,19 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	fl.Close()
 	<-flowsDone
 	stopArch()
-	archErr := <-archDone
+	var archErr error
+	if !archEarly {
+		archErr = <-archDone
+	}
 	stopAux()
 	if err := g.Wait(); err != nil && runErr == nil && !errors.Is(err, context.Canceled) {
 		runErr = err
 	}
 	if runErr != nil {
-		return fmt.Errorf("capture: %w", runErr)
+		return runErr
 	}
 	if archErr != nil {
-		return fmt.Errorf("archive: %w", archErr)
+		return archErr
 	}
 	log.Printf("stopped")
 	return nil
@@ -272,6 +296,12 @@ func adoptPrefix(nl *sockdiag.Source, ev events.Event) {
 	nl.SetPrefix(prefix)
 }
 
+// ringBlocks is the number of ring blocks per socket that splits ringSize
+// bytes among workers sockets, at least 8 blocks each.
+func ringBlocks(ringSize int64, workers int) int {
+	return max(8, int(ringSize/int64(workers)/capture.DefaultBlockSize))
+}
+
 // feed passes one eventsocket event to the registry.
 func feed(r *flows.Registry, ev events.Event) {
 	switch ev.Kind {
@@ -333,7 +363,7 @@ func runFile(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	<-flowsDone
 	stopArch()
 	if err := <-archDone; err != nil && readErr == nil {
-		readErr = fmt.Errorf("archive: %w", err)
+		readErr = err
 	}
 	elapsed := time.Since(start)
 	log.Printf("%s: %d frames in %v (%.0f frames/s), %d flows with UUIDs written to %s",

@@ -189,7 +189,7 @@ func (b ByteSize) String() string {
 	for _, u := range []struct {
 		v    ByteSize
 		name string
-	}{{Gigabyte, "GB"}, {Megabyte, "MB"}, {Kilobyte, "KB"}} {
+	}{{Gigabyte, "GB"}, {Megabyte, "MB"}, {Kilobyte, "KB"}, {1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
 		if b != 0 && b%u.v == 0 {
 			return fmt.Sprintf("%d%s", b/u.v, u.name)
 		}

@@ -94,6 +94,9 @@ func TestByteSize(t *testing.T) {
 	if s := ByteSize(3 * Gigabyte).String(); s != "3GB" {
 		t.Errorf("String() = %q", s)
 	}
+	if s := ByteSize(128 << 20).String(); s != "128MiB" {
+		t.Errorf("String() = %q", s)
+	}
 }
 
 func TestArchiveConfig(t *testing.T) {
