@@ -8,7 +8,11 @@
 // tcp-info's eventsocket, the daemon and the trafficgen server; the
 // trafficgen client makes hundreds of connections from the client namespace.
 // After a SIGTERM to the daemon it compares, flow by flow, every file the
-// daemon wrote with the ground truth. See README.md in this directory.
+// daemon wrote with the ground truth. When the daemon names flows itself
+// (-uuid.source netlink or both), the expected names come from the
+// trafficgen server's record of every socket it accepted (SO_COOKIE), and
+// every connection, not only those tcp-info saw, must have its file. See
+// README.md in this directory.
 //
 // The checker (groundtruth.go, events.go) is plain Go that works on pcap
 // files and recorded events on any system; its unit tests prove that it

@@ -292,9 +292,23 @@ type pipelineConfig struct {
 	daemon    bool
 	// secondDump runs a second tcpdump next to the ground truth.
 	secondDump bool
-	// Traffic.
+	// uuidSource is the daemon's -uuid.source (default eventsocket: only
+	// tcp-info names flows).
+	uuidSource string
+	// noTCPInfo runs neither tcp-info nor the recorder of its events.
+	noTCPInfo bool
+	// prefix, if set, is written to a file given to tcp-info and the
+	// daemon as -uuid-prefix-file.
+	prefix string
+	// cookies makes trafficgen serve record every accepted connection
+	// with its socket cookie (pipeline.accepts).
+	cookies bool
+	// Traffic: an empty mix or a zero bulkSize means the eventsocket
+	// tests' traffic.
 	conns, parallel int
 	seed            uint64
+	mix             string
+	bulkSize        int
 }
 
 // pipeline is what a run left behind.
@@ -306,6 +320,7 @@ type pipeline struct {
 	badEvents     []string
 	opens         []OpenEvent
 	records       []trafficgen.Record
+	accepts       []trafficgen.Accept // with cfg.cookies
 	daemonLog     []byte
 	metrics       []byte
 	sigtermExit   time.Duration
@@ -365,18 +380,31 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 	})
 	srv := pair.Server
 
-	// tcp-info, and our own recorder of its events.
-	tcpinfo := startProc(t, work, "tcp-info", srv.Command(tl.tcpinfo,
-		"-tcpinfo.eventsocket", sock, "-output", filepath.Join(work, "tcpinfo"),
-		"-prometheusx.listen-address", tcpinfoMetrics))
-	rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
-	rec, err := RecordEvents(rctx, sock)
-	rcancel()
-	if err != nil {
-		t.Fatalf("tcp-info eventsocket: %v", err)
+	var prefixArgs []string
+	if cfg.prefix != "" {
+		pf := filepath.Join(work, "uuid-prefix")
+		if err := os.WriteFile(pf, []byte(cfg.prefix), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		prefixArgs = []string{"-uuid-prefix-file", pf}
 	}
-	t.Cleanup(func() { rec.Close() })
-	tcpinfo.waitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
+
+	// tcp-info, and our own recorder of its events.
+	var tcpinfo *proc
+	var rec *Recorder
+	if !cfg.noTCPInfo {
+		tcpinfo = startProc(t, work, "tcp-info", srv.Command(tl.tcpinfo, append([]string{
+			"-tcpinfo.eventsocket", sock, "-output", filepath.Join(work, "tcpinfo"),
+			"-prometheusx.listen-address", tcpinfoMetrics}, prefixArgs...)...))
+		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+		rec, err = RecordEvents(rctx, sock)
+		rcancel()
+		if err != nil {
+			t.Fatalf("tcp-info eventsocket: %v", err)
+		}
+		t.Cleanup(func() { rec.Close() })
+		tcpinfo.waitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
+	}
 
 	// Ground truth.
 	dump := func(name string) *proc {
@@ -394,22 +422,33 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 	// The daemon.
 	var ph *proc
 	if cfg.daemon {
-		ph = startProc(t, work, "packet-headers", srv.Command(daemon,
+		source := cfg.uuidSource
+		if source == "" {
+			// Only tcp-info names flows: the test checks the daemon
+			// against the connections tcp-info reported.
+			source = "eventsocket"
+		}
+		args := []string{
 			"-interface", netns.ServerVeth,
 			"-datadir", res.datadir,
-			"-tcpinfo.eventsocket", sock,
-			// Only tcp-info names flows: this test checks the daemon
-			// against the connections tcp-info reported.
-			"-uuid.source", "eventsocket",
+			"-uuid.source", source,
 			"-captureduration", captureDuration.String(),
 			"-flowtimeout", flowTimeout.String(),
 			"-uuidwaitduration", uuidWait.String(),
 			"-sigtermwait", sigtermWait.String(),
 			"-maxheadersize", strconv.Itoa(maxHeaderSize),
 			"-anonymize.ip", cfg.anonymize,
-			"-prometheusx.listen-address", daemonMetrics))
+			"-prometheusx.listen-address", daemonMetrics,
+		}
+		if !cfg.noTCPInfo {
+			args = append(args, "-tcpinfo.eventsocket", sock)
+		}
+		args = append(args, prefixArgs...)
+		ph = startProc(t, work, "packet-headers", srv.Command(daemon, args...))
 		// Ready when it listens to tcp-info and serves metrics.
-		tcpinfo.waitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
+		if tcpinfo != nil {
+			tcpinfo.waitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
+		}
 		deadline := time.Now().Add(15 * time.Second)
 		for {
 			if ph.exited() {
@@ -427,17 +466,29 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 
 	// Traffic.
 	listen := fmt.Sprintf("%s,%s", netip.AddrPortFrom(srv.IPv4, serverPort), netip.AddrPortFrom(srv.IPv6, serverPort))
-	tgs := startProc(t, work, "trafficgen-serve", srv.Command(tg, "serve", "-listen", listen))
+	serveArgs := []string{"serve", "-listen", listen}
+	acceptsPath := filepath.Join(work, "accepted.jsonl")
+	if cfg.cookies {
+		serveArgs = append(serveArgs, "-cookies", acceptsPath)
+	}
+	tgs := startProc(t, work, "trafficgen-serve", srv.Command(tg, serveArgs...))
 	tgs.waitOutput(t, "serving on", 1, 10*time.Second)
 	connsPath := filepath.Join(work, "conns.jsonl")
+	mix, bulkSize := cfg.mix, cfg.bulkSize
+	if mix == "" {
+		mix = "short=60,long=10,bulk=10,reuse=15,abort=5"
+	}
+	if bulkSize == 0 {
+		bulkSize = 2 << 20
+	}
 	start := time.Now()
 	tgc := startProc(t, work, "trafficgen-client", pair.Client.Command(tg, "client",
 		"-connect", listen,
 		"-conns", strconv.Itoa(cfg.conns),
 		"-parallel", strconv.Itoa(cfg.parallel),
-		"-mix", "short=60,long=10,bulk=10,reuse=15,abort=5",
+		"-mix", mix,
 		"-duration-long", (captureDuration*3/2).String(),
-		"-bulk-size", strconv.Itoa(2<<20),
+		"-bulk-size", strconv.Itoa(bulkSize),
 		"-seed", strconv.FormatUint(cfg.seed, 10),
 		"-out", connsPath))
 	if code := tgc.wait(t, 2*time.Minute); code != 0 {
@@ -492,12 +543,13 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 			t.Fatalf("%s: %s packets captured of %s received; the ground truth is incomplete", d.name, captured[1], received[1])
 		}
 	}
-	tcpinfo.stop(t, syscall.SIGTERM, 10*time.Second)
-	if err := rec.Wait(5 * time.Second); err != nil {
-		t.Errorf("event recorder: %v", err)
+	if tcpinfo != nil {
+		tcpinfo.stop(t, syscall.SIGTERM, 10*time.Second)
+		if err := rec.Wait(5 * time.Second); err != nil {
+			t.Errorf("event recorder: %v", err)
+		}
+		res.events, res.badEvents = rec.Events(), rec.Bad()
 	}
-
-	res.events, res.badEvents = rec.Events(), rec.Bad()
 	var evBuf bytes.Buffer
 	enc := json.NewEncoder(&evBuf)
 	for _, ev := range res.events {
@@ -524,21 +576,25 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 			t.Fatal(err)
 		}
 	}
-	res.records = readRecords(t, connsPath)
+	res.records = readJSONLines[trafficgen.Record](t, connsPath)
+	if cfg.cookies {
+		res.accepts = readJSONLines[trafficgen.Accept](t, acceptsPath)
+	}
 	return res
 }
 
-func readRecords(t *testing.T, path string) []trafficgen.Record {
+// readJSONLines reads a file of JSON lines.
+func readJSONLines[T any](t *testing.T, path string) []T {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var recs []trafficgen.Record
+	var recs []T
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var r trafficgen.Record
+		var r T
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
@@ -552,8 +608,10 @@ func readRecords(t *testing.T, path string) []trafficgen.Record {
 
 // checkHarness fails the test if the run cannot exercise what the checks
 // are about: errors in the traffic, no reused tuple reported twice, no flow
-// longer than the capture duration, a missing address family.
-func checkHarness(t *testing.T, p *pipeline, wantConns int) {
+// longer than the capture duration, a missing address family. names are
+// the connections the checks expect files for; who says where they come
+// from (tcp-info's Open events, or the server's accepted sockets).
+func checkHarness(t *testing.T, p *pipeline, wantConns int, names []OpenEvent, who string) {
 	t.Helper()
 	if len(p.records) != wantConns {
 		t.Errorf("harness: trafficgen recorded %d connections, want %d", len(p.records), wantConns)
@@ -572,8 +630,8 @@ func checkHarness(t *testing.T, p *pipeline, wantConns int) {
 	}
 	perTuple := map[Tuple]int{}
 	long, v4, v6 := 0, 0, 0
-	matched := MatchConns(conns, p.opens)
-	for _, ev := range p.opens {
+	matched := MatchConns(conns, names)
+	for _, ev := range names {
 		key := Tuple{Src: ev.Src, Dst: ev.Dst}.Key()
 		perTuple[key]++
 		if ev.Src.Addr().Is4() {
@@ -604,8 +662,8 @@ func checkHarness(t *testing.T, p *pipeline, wantConns int) {
 			reused++
 		}
 	}
-	t.Logf("harness: tcp-info reported %d IPv4 and %d IPv6 connections; %d tuples reported more than once (reuse); %d connections longer than the %v capture duration",
-		v4, v6, reused, long, captureDuration)
+	t.Logf("harness: %s %d IPv4 and %d IPv6 connections; %d tuples reported more than once (reuse); %d connections longer than the %v capture duration",
+		who, v4, v6, reused, long, captureDuration)
 	if v4 == 0 || v6 == 0 || reused == 0 || long == 0 {
 		t.Error("harness: the run does not exercise IPv4, IPv6, tuple reuse and the capture duration cut")
 	}
@@ -621,7 +679,7 @@ func TestHarness(t *testing.T) {
 	tl := requireTools(t)
 	const conns = 200
 	p := runPipeline(t, tl, pipelineConfig{secondDump: true, conns: conns, parallel: 16, seed: 11})
-	checkHarness(t, p, conns)
+	checkHarness(t, p, conns, p.opens, "tcp-info reported")
 	if n1, n2 := len(p.ground.Packets), len(p.second.Packets); n1 != n2 {
 		t.Errorf("two tcpdumps of one interface captured %d and %d packets", n1, n2)
 	}
@@ -632,7 +690,7 @@ func TestHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("coverage:\n%s", computeCoverage(p.records, p.ground.Packets, p.opens, dd))
+	t.Logf("coverage:\n%s", computeCoverage(p.records, p.ground.Packets, p.opens, nil, dd))
 	t.Logf("check of the reference output:\n%s", r.Summary(5))
 	if len(r.Failures) > 0 {
 		t.Error("Check rejects a correct output derived from a second capture")
@@ -640,7 +698,10 @@ func TestHarness(t *testing.T) {
 }
 
 // TestEndToEnd runs the daemon against real traffic and compares its files
-// with the ground truth, without and with netblock anonymization.
+// with the ground truth: named by tcp-info only, without and with netblock
+// anonymization; then named from the kernel's socket cookies (netlink, with
+// and without a prefix file, and both sources), checked against every
+// connection the server accepted (testNaming).
 func TestEndToEnd(t *testing.T) {
 	tl := requireTools(t)
 	for _, tc := range []struct {
@@ -656,7 +717,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Logf("packet-headers exited %v after SIGTERM", p.sigtermExit.Round(time.Millisecond))
 			t.Logf("packet-headers metrics before SIGTERM (drops explain missing packets):\n%s", grepMetrics(p.metrics,
 				"pcap_capture_kernel_drops_total", "pcap_capture_kernel_freezes_total", "pcap_missed_", "pcap_flows_ended_total", "pcap_packets_after_capture_total"))
-			checkHarness(t, p, tc.conns)
+			checkHarness(t, p, tc.conns, p.opens, "tcp-info reported")
 			cfg := CheckConfig{CaptureDuration: captureDuration, MaxHeaderSize: maxHeaderSize, Netblock: tc.anonymize == "netblock"}
 			r := Check(cfg, p.ground.Packets, p.opens, p.datadir)
 			dd, err := ScanDataDir(p.datadir)
@@ -664,7 +725,7 @@ func TestEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("coverage (connections made by trafficgen / seen in the ground truth / reported by tcp-info / with a file):\n%s",
-				computeCoverage(p.records, p.ground.Packets, p.opens, dd))
+				computeCoverage(p.records, p.ground.Packets, p.opens, nil, dd))
 			summary := r.Summary(1000)
 			t.Logf("result:\n%s", summary)
 			if err := os.WriteFile(filepath.Join(p.work, "report.txt"), []byte(summary), 0o644); err != nil {
@@ -677,6 +738,9 @@ func TestEndToEnd(t *testing.T) {
 				checkNoLeaks(t, p, dd)
 			}
 		})
+	}
+	for _, tc := range namingCases {
+		t.Run(tc.name, func(t *testing.T) { testNaming(t, tl, tc) })
 	}
 }
 

@@ -3,7 +3,7 @@
 // talks to documentation addresses (192.0.2.0/24, 198.51.100.0/24,
 // 2001:db8::/32) and, for `metrics`, loopback.
 //
-//	trafficgen serve -listen 192.0.2.1:8080,[2001:db8::1]:8080
+//	trafficgen serve -listen 192.0.2.1:8080,[2001:db8::1]:8080 [-cookies accepted.jsonl]
 //	trafficgen client -connect 192.0.2.1:8080,[2001:db8::1]:8080 -conns 300 \
 //	    -parallel 16 -mix short=70,long=10,bulk=10,reuse=10 -duration-long 3s \
 //	    -seed 1 -out conns.jsonl
@@ -66,9 +66,10 @@ func run(ctx context.Context, args []string) error {
 	return fmt.Errorf("unknown command %q", args[0])
 }
 
-func serve(ctx context.Context, args []string) error {
+func serve(ctx context.Context, args []string) (err error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "", "comma-separated IP:port list to listen on (documentation or loopback addresses)")
+	cookies := fs.String("cookies", "", "file for one JSON line per accepted connection, written when it ends: 4-tuple, accept and close time, the socket's cookie (SO_COOKIE, Linux)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,14 +77,35 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
 	}
-	srv, err := trafficgen.NewServer(trafficgen.ServerConfig{
+	cfg := trafficgen.ServerConfig{
 		Listen: addrs,
 		Log:    log.New(os.Stderr, "trafficgen serve: ", log.LstdFlags|log.Lmicroseconds),
-	})
+	}
+	var bw *bufio.Writer
+	if *cookies != "" {
+		f, err := os.Create(*cookies)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+		bw = bufio.NewWriter(f)
+		cfg.Accepted = bw
+	}
+	srv, err := trafficgen.NewServer(cfg)
 	if err != nil {
 		return err
 	}
-	return srv.Run(ctx)
+	runErr := srv.Run(ctx)
+	if bw != nil {
+		if err := bw.Flush(); err != nil {
+			return errors.Join(runErr, fmt.Errorf("write %s: %w", *cookies, err))
+		}
+	}
+	return runErr
 }
 
 func client(ctx context.Context, args []string) (err error) {

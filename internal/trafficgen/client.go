@@ -122,8 +122,13 @@ type Record struct {
 	Close CloseMode `json:"close"`
 	// Local and Remote are the connection's addresses as the client saw
 	// them (Local is empty if the connection never opened).
-	Local  string    `json:"local"`
-	Remote string    `json:"remote"`
+	Local  string `json:"local"`
+	Remote string `json:"remote"`
+	// Cookie is the kernel's cookie of the client's socket (SO_COOKIE);
+	// 0 where it cannot be read (not Linux). A capture on the server's
+	// side never names a flow with it: the client's socket is not local
+	// there.
+	Cookie uint64    `json:"cookie,omitempty"`
 	Start  time.Time `json:"start"`
 	End    time.Time `json:"end"`
 	// Sent and Received count application bytes, request line included.
@@ -343,6 +348,7 @@ func (c *Client) runConn(ctx context.Context, j Job, req Request) Record {
 	}
 	rec.Local = tc.LocalAddr().String()
 	rec.Remote = tc.RemoteAddr().String()
+	rec.Cookie, _ = socketCookie(tc) // 0 where unsupported
 	conn := &countingConn{TCPConn: tc}
 	stop := closeConnOnDone(ctx, tc)
 	err = tc.SetDeadline(time.Now().Add(req.Hold + req.Duration + 60*time.Second))

@@ -7,7 +7,10 @@
 // The client and the server speak a tiny protocol: the client opens every
 // connection with one JSON line (a Request) that tells the server how to
 // behave; all other bytes are filler. The client writes one Record (a JSON
-// line) per connection it made.
+// line) per connection it made; the server, if asked (ServerConfig.Accepted),
+// one Accept per connection it accepted, with the accepted socket's kernel
+// cookie (SO_COOKIE, Linux), from which a test derives the UUID tcp-info
+// gives the socket without asking tcp-info.
 //
 // Safety: the package refuses to connect to, or listen on, anything but the
 // documentation ranges 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32

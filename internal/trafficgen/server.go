@@ -3,6 +3,7 @@ package trafficgen
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,32 @@ type ServerConfig struct {
 	// Slack is added to what a request asks for (hold, duration) to bound
 	// each connection's lifetime. Default 30s.
 	Slack time.Duration
+	// Accepted, if set, receives one JSON Accept line per accepted
+	// connection, written when the server is done with it (so the lines
+	// are in close order, not accept order). Writes are serialized.
+	Accepted io.Writer
+}
+
+// Accept describes one connection the server accepted: what a test needs
+// to know the name tcp-info, or any sock_diag reader, gives the server's
+// socket, independently of them.
+type Accept struct {
+	// Local is the server's end, Remote the client's, as the accepted
+	// socket reports them.
+	Local  string `json:"local"`
+	Remote string `json:"remote"`
+	// Accepted is when accept returned: after the handshake, before the
+	// client can finish its exchange, so before any later connection on
+	// the same 4-tuple began. Closed is when the server closed the socket.
+	Accepted time.Time `json:"accepted"`
+	Closed   time.Time `json:"closed"`
+	// Cookie is the kernel's cookie of the accepted socket (getsockopt
+	// SO_COOKIE, read right after accept; Linux only). tcp-info names
+	// the socket "<prefix>_<Cookie as %016X>".
+	Cookie uint64 `json:"cookie"`
+	// Error is set when the cookie could not be read or the connection
+	// ended with an unexpected error.
+	Error string `json:"error,omitempty"`
 }
 
 // Validate checks the configuration.
@@ -64,6 +91,11 @@ type Server struct {
 	// mu guards addrs.
 	mu    sync.Mutex
 	addrs []net.Addr
+
+	// outMu guards out and outErr.
+	outMu  sync.Mutex
+	out    *json.Encoder // nil without cfg.Accepted
+	outErr error         // the first failed write of an Accept line
 }
 
 // NewServer validates cfg and returns a server that is not yet listening.
@@ -78,7 +110,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if l == nil {
 		l = log.New(io.Discard, "", 0)
 	}
-	return &Server{cfg: cfg, log: l, ready: make(chan struct{})}, nil
+	s := &Server{cfg: cfg, log: l, ready: make(chan struct{})}
+	if cfg.Accepted != nil {
+		s.out = json.NewEncoder(cfg.Accepted)
+	}
+	return s, nil
 }
 
 // Ready is closed once every listener is open.
@@ -98,7 +134,8 @@ func (s *Server) Stats() ServerStats {
 
 // Run listens on every configured address and serves until ctx is done.
 // Then it closes the listeners and all open connections and returns after
-// every connection goroutine has exited. It returns nil after a clean stop.
+// every connection goroutine has exited. It returns nil after a clean stop,
+// an error if a listener failed or an Accept line could not be written.
 func (s *Server) Run(ctx context.Context) error {
 	lc := net.ListenConfig{Control: func(network, address string, _ syscall.RawConn) error {
 		// Re-check the address the kernel is asked to bind.
@@ -147,6 +184,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	st := s.Stats()
 	s.log.Printf("stopped: %d connections accepted, %d unexpected errors", st.Accepted, st.Errors)
+	s.outMu.Lock()
+	if s.outErr != nil {
+		errs = append(errs, fmt.Errorf("write accept record: %w", s.outErr))
+	}
+	s.outMu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -168,14 +210,41 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener, wg *sync.WaitG
 			}
 			return fmt.Errorf("accept on %v: %w", ln.Addr(), err)
 		}
+		acc := Accept{Local: c.LocalAddr().String(), Remote: c.RemoteAddr().String(), Accepted: time.Now()}
+		tc := c.(*net.TCPConn)
+		if s.out != nil {
+			// Read now: the socket is certainly alive.
+			var err error
+			if acc.Cookie, err = socketCookie(tc); err != nil {
+				acc.Error = fmt.Sprintf("read socket cookie: %v", err)
+			}
+		}
 		s.accepted.Add(1)
 		wg.Go(func() {
-			if err := s.handle(ctx, c.(*net.TCPConn)); err != nil && ctx.Err() == nil {
+			err := s.handle(ctx, tc)
+			if err != nil && ctx.Err() == nil {
 				s.errs.Add(1)
 				s.log.Printf("connection %v -> %v: %v", c.RemoteAddr(), c.LocalAddr(), err)
+				if acc.Error == "" {
+					acc.Error = err.Error()
+				}
+			}
+			if s.out != nil {
+				acc.Closed = time.Now()
+				s.record(acc)
 			}
 		})
 	}
+}
+
+// record writes one Accept line; the first failure is kept for Run.
+func (s *Server) record(a Accept) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	if s.outErr != nil {
+		return
+	}
+	s.outErr = s.out.Encode(a)
 }
 
 // handle serves one connection. It returns only unexpected errors.
