@@ -32,5 +32,5 @@ tidy:
 # The end-to-end tests run after the others, alone: they push real traffic
 # through the kernel and must not compete with the race detector for the CPU.
 test:
-	$(GO) test -race $$($(GO) list ./... | grep -v /e2e$$)
-	$(GO) test -count=1 ./e2e/
+	$(GO) test -race $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -p 1 -count=1 ./e2e/...

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# Runs the whole capture pipeline on this machine, without Docker, and shows
-# what it produced:
+# Runs the whole pipeline on this machine, without Docker, and shows what it
+# produced: generated traffic -> packet-headers -> per-flow pcaps
+# -> tarballs in a bucket.
 #
-#   sudo local-dev/run.sh            # about 20 s of traffic
+#   sudo local-dev/run.sh                 # about 20 s of traffic, bucket in local-dev/run/bucket
+#   sudo BUCKET=gcs local-dev/run.sh      # the bucket is a fake-gcs-server
+#   sudo BUCKET=s3 local-dev/run.sh       # the bucket is a versitygw S3 gateway
 #   sudo DURATION=60 local-dev/run.sh
+#   sudo TCPINFO=1 local-dev/run.sh       # also run tcp-info (-uuid.source=both)
+#
+# The daemon names flows itself from the kernel's socket cookies
+# (-uuid.source=netlink): tcp-info is not needed unless TCPINFO=1.
 #
 # It installs what is missing (scripts/install-tools.sh: tcpdump, iproute2,
-# zstd, and tcp-info built from a pinned version), builds packet-headers and
-# trafficgen, creates two network namespaces joined by a veth pair (addresses
-# from 192.0.2.0/24 and 2001:db8::/64 only; nothing leaves them), and runs in
-# the "server" namespace tcp-info, packet-headers and the trafficgen server,
-# and in the "client" namespace the trafficgen client. Then it stops
-# everything with SIGTERM and prints the connections made, the flows
-# captured, the daemon's key metrics and one captured flow.
+# zstd; tcp-info with TCPINFO=1, fake-gcs-server or versitygw when asked
+# for, built from pinned versions), builds packet-headers, trafficgen and bucketls, creates
+# two network namespaces joined by a veth pair (addresses from 192.0.2.0/24
+# and 2001:db8::/64 only; nothing leaves them), and runs in the "server"
+# namespace the storage server (for gcs and s3, on 127.0.0.1 there), tcp-info
+# (with TCPINFO=1),
+# packet-headers archiving in-process to the bucket, and the trafficgen
+# server, and in the "client" namespace the trafficgen client. Then it stops
+# everything with SIGTERM and prints the connections made, the daemon's key
+# metrics, the objects in the bucket and one flow read back from a tarball.
 #
-# Everything it writes goes to local-dev/run/ (data/, logs/, conns.jsonl).
-# The namespaces and processes are removed on exit, also on Ctrl-C.
+# Everything it writes goes to local-dev/run/ (data/, bucket/ or s3/, logs/,
+# conns.jsonl, metrics.txt, sample/). The namespaces and processes are
+# removed on exit, also on Ctrl-C.
 #
 # Environment:
+#   BUCKET     file (default: local-dev/run/bucket), gcs (fake-gcs-server,
+#              in memory) or s3 (versitygw, objects in local-dev/run/s3/)
 #   DURATION   seconds (or a Go duration like 90s) of generated traffic; default 20
-#   KEEP_DATA  1 to keep local-dev/run/data from the previous run
+#   KEEP_DATA  1 to keep local-dev/run/data and the bucket from the previous run
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -41,6 +54,14 @@ data="$run/data"
 
 duration=${DURATION:-20}
 [[ $duration =~ ^[0-9]+$ ]] && duration="${duration}s"
+bucket_kind=${BUCKET:-file}
+case $bucket_kind in
+file | gcs | s3) ;;
+*)
+	echo "run.sh: BUCKET=$bucket_kind: want file, gcs or s3" >&2
+	exit 1
+	;;
+esac
 
 ns_srv="hcdemo-$$-srv"
 ns_cli="hcdemo-$$-cli"
@@ -52,6 +73,12 @@ srv6=2001:db8::1
 cli6=2001:db8::2
 port=8080
 metrics_addr=127.0.0.1:9990
+# The storage server listens on the server namespace's own loopback.
+storage_addr=127.0.0.1:4443
+bucket_name=ndt-archive
+# Small tarballs, sealed often, so that objects appear within the run.
+archive_size=64KB
+archive_maxage=5s
 sockdir=""
 pids=()
 
@@ -108,24 +135,69 @@ alive() {
 	fi
 }
 
-step "Installing tools (scripts/install-tools.sh)"
-# The archiver step will add its tools (fake-gcs-server, versitygw) here.
-"$root/scripts/install-tools.sh" tcp-info
+# listening ADDR: succeeds once something listens on ADDR (host:port) in the
+# server namespace.
+listening() { in_srv ss -Hltn "sport = :${1##*:}" | grep -q .; }
 
-step "Building packet-headers and trafficgen"
+# The daemon names flows itself (-uuid.source=netlink) unless TCPINFO=1,
+# which also runs tcp-info and lets both sources name flows.
+with_tcpinfo=${TCPINFO:-0}
+
+step "Installing tools (scripts/install-tools.sh)"
+tools=()
+[[ $with_tcpinfo == 1 ]] && tools+=(tcp-info)
+case $bucket_kind in
+gcs) tools+=(fake-gcs-server) ;;
+s3) tools+=(versitygw) ;;
+esac
+if ((${#tools[@]})); then
+	"$root/scripts/install-tools.sh" "${tools[@]}"
+else
+	"$root/scripts/install-tools.sh" --apt-only
+fi
+
+step "Building packet-headers, trafficgen and bucketls"
 mkdir -p "$bin" "$logs"
-(cd "$root" && go build -o "$bin/packet-headers" ./cmd/packet-headers && go build -o "$bin/trafficgen" ./cmd/trafficgen)
+(cd "$root" && go build -o "$bin/packet-headers" ./cmd/packet-headers &&
+	go build -o "$bin/trafficgen" ./cmd/trafficgen &&
+	go build -o "$bin/bucketls" ./local-dev/bucketls)
 tcpinfo="$root/.bin/tcp-info"
 tg="$bin/trafficgen"
 
 if [[ ${KEEP_DATA:-0} != 1 ]]; then
-	rm -rf "$data"
+	rm -rf "$data" "$run/bucket" "$run/s3"
 fi
-rm -rf "$run/tcpinfo" "$logs"/*.log "$run/conns.jsonl" "$run/metrics.txt"
+rm -rf "$run/tcpinfo" "$run/gcs-init" "$run/sample" "$logs"/*.log "$run/conns.jsonl" "$run/metrics.txt" "$run/objects.txt"
 mkdir -p "$data" "$run/tcpinfo"
 # A unix socket path must be short (108 bytes): keep it under /tmp.
 sockdir=$(mktemp -d /tmp/hcdemo.XXXXXX)
 sock="$sockdir/tcpevents.sock"
+
+# The bucket: its URL for -archive.url, and the environment the daemon (and
+# bucketls) need to reach it.
+storage_env=()
+case $bucket_kind in
+file)
+	mkdir -p "$run/bucket"
+	archive_url="file://$run/bucket"
+	;;
+gcs)
+	archive_url="gs://$bucket_name"
+	storage_env=("STORAGE_EMULATOR_HOST=http://$storage_addr")
+	;;
+s3)
+	mkdir -p "$run/s3/$bucket_name"
+	archive_url="s3://$bucket_name?endpoint=http://$storage_addr&region=us-east-1"
+	# versitygw's root account, for this demo only.
+	s3_access=headercap-demo
+	s3_secret=headercap-demo-secret
+	storage_env=("AWS_ACCESS_KEY_ID=$s3_access" "AWS_SECRET_ACCESS_KEY=$s3_secret"
+		"AWS_CONFIG_FILE=/dev/null" "AWS_SHARED_CREDENTIALS_FILE=/dev/null" "AWS_EC2_METADATA_DISABLED=true")
+	;;
+esac
+# with_storage COMMAND...: runs COMMAND in the server namespace with the
+# bucket's environment (foreground only, like in_srv).
+with_storage() { ip netns exec "$ns_srv" env "${storage_env[@]}" "$@"; }
 
 step "Creating namespaces $ns_srv and $ns_cli"
 ip netns add "$ns_srv"
@@ -140,29 +212,57 @@ for spec in "$ns_srv $veth_srv $srv4 $srv6" "$ns_cli $veth_cli $cli4 $cli6"; do
 done
 echo "server $srv4 [$srv6] on $veth_srv  <->  client $cli4 [$cli6] on $veth_cli"
 
-step "Starting tcp-info"
-ip netns exec "$ns_srv" "$tcpinfo" -tcpinfo.eventsocket "$sock" -output "$run/tcpinfo" \
-	-prometheusx.listen-address 127.0.0.1:9991 >"$logs/tcp-info.log" 2>&1 &
-pids+=($!)
-tcpinfo_pid=$!
-wait_for "tcp-info's eventsocket" 15 test -S "$sock"
-alive "$tcpinfo_pid" tcp-info
+case $bucket_kind in
+gcs)
+	step "Starting fake-gcs-server on $storage_addr (bucket $bucket_name, in memory)"
+	# -data creates a bucket for each (empty) directory.
+	mkdir -p "$run/gcs-init/$bucket_name"
+	ip netns exec "$ns_srv" "$root/.bin/fake-gcs-server" -scheme http -host "${storage_addr%:*}" -port "${storage_addr##*:}" \
+		-backend memory -data "$run/gcs-init" -log-level warn >"$logs/fake-gcs-server.log" 2>&1 &
+	pids+=($!)
+	storage_pid=$!
+	wait_for "fake-gcs-server" 20 listening "$storage_addr"
+	alive "$storage_pid" fake-gcs-server
+	;;
+s3)
+	step "Starting versitygw on $storage_addr (bucket $bucket_name in ${run#"$root"/}/s3)"
+	ip netns exec "$ns_srv" "$root/.bin/versitygw" --access "$s3_access" --secret "$s3_secret" \
+		--port "$storage_addr" --quiet posix "$run/s3" >"$logs/versitygw.log" 2>&1 &
+	pids+=($!)
+	storage_pid=$!
+	wait_for "versitygw" 20 listening "$storage_addr"
+	alive "$storage_pid" versitygw
+	;;
+esac
 
-step "Starting packet-headers (data in ${data#"$root"/})"
-ip netns exec "$ns_srv" "$bin/packet-headers" \
+uuid_args=(-uuid.source netlink)
+tcpinfo_pid=
+if [[ $with_tcpinfo == 1 ]]; then
+	step "Starting tcp-info"
+	ip netns exec "$ns_srv" "$tcpinfo" -tcpinfo.eventsocket "$sock" -output "$run/tcpinfo" \
+		-prometheusx.listen-address 127.0.0.1:9991 >"$logs/tcp-info.log" 2>&1 &
+	pids+=($!)
+	tcpinfo_pid=$!
+	wait_for "tcp-info's eventsocket" 15 test -S "$sock"
+	alive "$tcpinfo_pid" tcp-info
+	uuid_args=(-uuid.source both -tcpinfo.eventsocket "$sock")
+fi
+
+step "Starting packet-headers (data in ${data#"$root"/}, archiving to $archive_url)"
+# `env` execs the daemon: $! is the daemon itself.
+ip netns exec "$ns_srv" env "${storage_env[@]}" "$bin/packet-headers" \
 	-interface "$veth_srv" \
 	-datadir "$data" \
-	-tcpinfo.eventsocket "$sock" \
+	"${uuid_args[@]}" \
+	-archive.url "$archive_url" \
+	-archive.experiment ndt \
+	-archive.size "$archive_size" \
+	-archive.maxage "$archive_maxage" \
 	-prometheusx.listen-address "$metrics_addr" >"$logs/packet-headers.log" 2>&1 &
 pids+=($!)
 daemon_pid=$!
 wait_for "packet-headers' metrics" 15 in_srv "$tg" metrics "http://$metrics_addr/metrics"
 alive "$daemon_pid" packet-headers
-
-# --- Archiver: not written yet. When it is, start it here (in the server
-# --- namespace, watching $data, uploading to a local bucket such as
-# --- fake-gcs-server under $run/bucket), stop it after packet-headers below,
-# --- and list the uploaded objects in the summary.
 
 step "Generating traffic for $duration"
 listen="$srv4:$port,[$srv6]:$port"
@@ -181,9 +281,11 @@ kill -TERM "$daemon_pid"
 start=$SECONDS
 daemon_status=0
 wait "$daemon_pid" || daemon_status=$?
-echo "packet-headers exited with status $daemon_status after $((SECONDS - start)) s"
-kill -TERM "$tcpinfo_pid" 2>/dev/null || true
-wait "$tcpinfo_pid" 2>/dev/null || true
+echo "packet-headers exited with status $daemon_status after $((SECONDS - start)) s (it archives what is left before it exits)"
+if [[ -n $tcpinfo_pid ]]; then
+	kill -TERM "$tcpinfo_pid" 2>/dev/null || true
+	wait "$tcpinfo_pid" 2>/dev/null || true
+fi
 wait "$server_pid" 2>/dev/null || true
 
 step "Connections made by trafficgen"
@@ -191,38 +293,57 @@ conns=$(wc -l <"$run/conns.jsonl")
 echo "$conns connections ($run/conns.jsonl, one JSON line each)"
 grep -o '"shape":"[a-z]*"' "$run/conns.jsonl" | sort | uniq -c | sed 's/"shape"://; s/"//g'
 
-step "Flows captured"
-mapfile -t files < <(find "$data" -type f -name '*.pcap.gz' | sort)
-bytes=$(find "$data" -type f -name '*.pcap.gz' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
-temps=$(find "$data" -name '.*' | wc -l)
-echo "${#files[@]} files, $bytes bytes in ${data#"$root"/} ($temps temporary files left)"
-for f in "${files[@]:0:5}"; do
-	echo "  ${f#"$data"/}"
-done
-((${#files[@]} > 5)) && echo "  ..."
-
-step "Key metrics of packet-headers (before SIGTERM; all in $run/metrics.txt)"
+step "Key metrics of packet-headers (before SIGTERM, zeros left out; all in $run/metrics.txt)"
 if [[ -s $run/metrics.txt ]]; then
-	grep -E '^(pcap_saver_starts_total|pcap_saver_stops_total|pcap_demuxer_uuids_total|pcap_missed_uuids_total|pcap_missed_packets_total|pcap_saver_errors_total|pcap_demuxer_savers_active|pcap_demuxer_bad_packets_total|pcap_muxer_interfaces_with_captures)' \
-		"$run/metrics.txt" || echo "(none of the usual pcap_ metrics found)"
+	grep -E '^(pcap_saver_starts_total|pcap_saver_stops_total|pcap_files_written_total|pcap_demuxer_uuids_total|pcap_missed_uuids_total|pcap_missed_packets_total|pcap_saver_errors_total|pcap_demuxer_savers_active|pcap_demuxer_bad_packets_total|pcap_muxer_interfaces_with_captures|pcap_archive_uploads_total|pcap_archive_files_archived_total|pcap_archive_bundles_sealed_total|pcap_archive_upload_failures_total|pcap_archive_quarantined)' \
+		"$run/metrics.txt" | grep -v ' 0$' || echo "(none of the usual pcap_ metrics found)"
 else
 	echo "(could not read the metrics)"
 fi
 
-if ((${#files[@]} > 0)); then
-	# Show a flow with some packets in it: the largest file.
-	biggest=$(ls -S "${files[@]}" | head -n 1 || true)
-	step "One flow: ${biggest#"$data"/}"
+step "Data dir after the daemon exited (${data#"$root"/})"
+left=$(find "$data" -path "$data/.archive" -prune -o -type f -name '*.pcap.gz' -print | wc -l)
+temps=$(find "$data" -path "$data/.archive" -prune -o -name '.*' -print | wc -l)
+sealed=$(find "$data/.archive" -maxdepth 1 -name '*.json' 2>/dev/null | wc -l)
+quarantined=$(find "$data/.archive/quarantine" -type f 2>/dev/null | wc -l)
+echo "$left flow files not yet archived, $sealed sealed bundles waiting for upload, $quarantined quarantined files, $temps temporary files"
+if ((left + sealed > 0)); then
+	echo "(the next start, of packet-headers or pcap-archiver on this data dir, uploads them)"
+fi
+
+step "Objects in the bucket ($archive_url)"
+objects_status=0
+# One line per object: size, number of flows in it, name.
+with_storage "$bin/bucketls" -members "$archive_url" >"$run/objects.txt" || objects_status=$?
+nobjects=$(wc -l <"$run/objects.txt")
+awk -F'\t' '{b += $1; f += $2} END {printf "%d objects, %d bytes, %d flows (list in '"$run"'/objects.txt)\n", NR, b, f}' "$run/objects.txt"
+awk -F'\t' '{printf "  %8d bytes %5d flows  %s\n", $1, $2, $3}' "$run/objects.txt" | head -n 10
+if ((nobjects > 10)); then echo "  ..."; fi
+
+if ((nobjects > 0)); then
+	# The largest tarball has the most flows to choose from.
+	object=$(sort -t$'\t' -k1,1nr "$run/objects.txt" | head -n 1 | cut -f3)
+	mkdir -p "$run/sample"
+	with_storage "$bin/bucketls" -get "$object" -o "$run/sample/sample.tgz" "$archive_url"
+	tar -xzf "$run/sample/sample.tgz" -C "$run/sample"
+	members=$(tar -tzf "$run/sample/sample.tgz" | wc -l)
+	# Show a flow with some packets in it: the tarball's largest member.
+	flow=$(find "$run/sample" -type f -name '*.pcap.gz' -printf '%s\t%p\n' | sort -nr | head -n 1 | cut -f2)
+	step "One flow from ${object##*/} ($members flows; extracted in ${run#"$root"/}/sample): ${flow#"$run/sample/"}"
 	# head closes the pipe early: ignore the resulting SIGPIPE.
-	{ zcat "$biggest" | tcpdump -nn -r - 2>/dev/null | head -n 15; } || true
+	{ zcat "$flow" | tcpdump -nn -r - 2>/dev/null | head -n 15; } || true
 fi
 
 if ((daemon_status != 0)); then
 	echo "run.sh: packet-headers exited with status $daemon_status; see $logs/packet-headers.log" >&2
 	exit 1
 fi
-if ((${#files[@]} == 0)); then
-	echo "run.sh: no flow was captured; see $logs" >&2
+if ((objects_status != 0)); then
+	echo "run.sh: could not list the bucket $archive_url" >&2
+	exit 1
+fi
+if ((nobjects == 0)); then
+	echo "run.sh: nothing was archived; see $logs/packet-headers.log" >&2
 	exit 1
 fi
 echo

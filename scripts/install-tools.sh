@@ -3,6 +3,7 @@
 # Debian packages (tcpdump, iproute2, zstd for tcp-info) and the tool binaries
 # built from pinned versions through the Go module proxy into .bin/.
 # Idempotent: a tool already built from the current tools/*/go.mod is kept.
+# Usage: install-tools.sh [TOOL...] (default: all) | --apt-only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -39,6 +40,9 @@ build() {
 }
 
 tools=("$@")
+if [[ ${1:-} == --apt-only ]]; then
+	exit 0
+fi
 if ((${#tools[@]} == 0)); then
 	tools=(tcp-info staticcheck fake-gcs-server versitygw)
 fi
