@@ -264,8 +264,9 @@ func openDestroyReader() (*nlDestroyReader, error) {
 	var subErr error
 	err = rc.Control(func(fd uintptr) {
 		for _, g := range []int{groupInetTCPDestroy, groupInet6TCPDestroy} {
-			// netlink_bind/setsockopt allow multicast groups of
-			// NETLINK_SOCK_DIAG only with CAP_NET_ADMIN (EPERM otherwise).
+			// Seen on Linux 6.18: joining these groups needs no
+			// capability (kernel_linux_test.go); older kernels or an LSM
+			// may refuse it, and then the source works with queries only.
 			if err := unix.SetsockoptInt(int(fd), unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, g); err != nil {
 				subErr = fmt.Errorf("sockdiag: subscribe to sock_diag group %d: %w", g, err)
 				return
