@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -29,7 +27,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/headercap/headercap/capture"
@@ -146,7 +143,7 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 			return err
 		}
 	}
-	srv, err := serveMetrics(cfg.PrometheusListen, reg)
+	srv, err := cli.ListenMetrics(cfg.PrometheusListen, reg)
 	if err != nil {
 		return err
 	}
@@ -167,7 +164,7 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	if nl != nil {
 		g.Go(func() error { return nl.Run(gctx) })
 	}
-	g.Go(func() error { return srv.run(gctx) })
+	g.Go(func() error { return srv.Run(gctx) })
 	g.Go(func() error { freeIdleRAM(gctx, uint64(cfg.MaxIdleRAM)); return nil })
 	// The archiver stops after the last flow is written; it then seals what
 	// it has and uploads for up to -sigtermwait more.
@@ -448,45 +445,6 @@ func counterValue(g prometheus.Gatherer, name string) int {
 		}
 	}
 	return 0
-}
-
-// metricsServer serves /metrics until its context is done.
-type metricsServer struct {
-	ln  net.Listener
-	srv *http.Server
-}
-
-func serveMetrics(addr string, reg *prometheus.Registry) (*metricsServer, error) {
-	if addr == "" {
-		return &metricsServer{}, nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics server: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	log.Printf("serving metrics on http://%s/metrics", ln.Addr())
-	return &metricsServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
-}
-
-func (s *metricsServer) run(ctx context.Context) error {
-	if s.srv == nil {
-		<-ctx.Done()
-		return nil
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics server: %w", err)
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		s.srv.Shutdown(sctx)
-		<-errc
-		return nil
-	}
 }
 
 // freeIdleRAM returns free heap memory to the OS whenever more than limit

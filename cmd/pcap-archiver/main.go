@@ -13,8 +13,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,7 +20,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/headercap/headercap/internal/cli"
@@ -99,12 +96,9 @@ func run(ctx context.Context, args []string, output io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var ln net.Listener
-	if cfg.PrometheusListen != "" {
-		if ln, err = net.Listen("tcp", cfg.PrometheusListen); err != nil {
-			return fmt.Errorf("metrics server: %w", err)
-		}
-		log.Printf("serving metrics on http://%s/metrics", ln.Addr())
+	srv, err := cli.ListenMetrics(cfg.PrometheusListen, reg)
+	if err != nil {
+		return err
 	}
 	log.Printf("archiving %s to %s", cfg.DataDir, arch)
 
@@ -117,30 +111,10 @@ func run(ctx context.Context, args []string, output io.Writer) error {
 		defer stopSrv()
 		return arch.Run(ctx)
 	})
-	if ln != nil {
-		g.Go(func() error { return serve(srvCtx, ln, reg) })
-	}
+	g.Go(func() error { return srv.Run(srvCtx) })
 	if err := g.Wait(); err != nil {
 		return err
 	}
 	log.Printf("stopped")
 	return nil
-}
-
-func serve(ctx context.Context, ln net.Listener, reg *prometheus.Registry) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics server: %w", err)
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-errc
-		return nil
-	}
 }

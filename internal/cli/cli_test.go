@@ -2,11 +2,15 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 type testConfig struct {
@@ -113,5 +117,36 @@ func TestArchiveConfig(t *testing.T) {
 	}
 	if cfg.ShutdownGrace >= 0 || !cfg.Watch || cfg.MaxSize != 20e6 {
 		t.Errorf("cfg = %+v", cfg)
+	}
+}
+
+func TestMetricsServer(t *testing.T) {
+	if s, err := ListenMetrics("", nil); s != nil || err != nil {
+		t.Errorf("empty address: %v, %v", s, err)
+	}
+	s, err := ListenMetrics("127.0.0.1:0", prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	resp, err := http.Get("http://" + s.ln.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d", resp.StatusCode)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
+	var nilServer *MetricsServer
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := nilServer.Run(ctx2); err != nil {
+		t.Error(err)
 	}
 }
