@@ -93,7 +93,10 @@ type Config struct {
 	Retention time.Duration
 	// MaxUUIDs bounds the registry. Default 1,000,000.
 	MaxUUIDs int
-	// Writers is the number of compressing goroutines. Default 2.
+	// Writers is the number of goroutines that compress and publish files.
+	// Default 8: creating a file is mostly waiting for the file system,
+	// and with 2 writers an offline run spent twice as long (measured in
+	// the README).
 	Writers int
 	// WriteQueue is how many finished flows may wait for a writer. Default 4096.
 	WriteQueue int
@@ -145,7 +148,7 @@ func (c *Config) setDefaults() {
 	}
 	defInt(&c.SpillBytes, 64<<10)
 	defInt(&c.MaxUUIDs, 1_000_000)
-	defInt(&c.Writers, 2)
+	defInt(&c.Writers, 8)
 	defInt(&c.WriteQueue, 4096)
 	if c.CompressionLevel == 0 {
 		c.CompressionLevel = gzip.BestSpeed
