@@ -659,3 +659,38 @@ func TestMatchConns(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckAllowsReorderedReceivedPackets(t *testing.T) {
+	s := newScenario(t)
+	dir := s.setup(testCheckConfig)
+	// Two packets the host received, in the other order in the file (each
+	// keeps its own timestamp), as per-socket receive timestamps may order
+	// close segments.
+	var swapped bool
+	rewriteFlowFile(t, s.path(dir, "short"), func(p []Packet) []Packet {
+		first, err := ParseFrame(p[0].Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev := -1
+		for i := range p {
+			h, err := ParseFrame(p[i].Data)
+			if err != nil || h.Tuple.Src != first.Tuple.Src {
+				continue
+			}
+			if prev >= 0 {
+				p[prev], p[i] = p[i], p[prev]
+				swapped = true
+				break
+			}
+			prev = i
+		}
+		return p
+	})
+	if !swapped {
+		t.Fatal("no two received packets to swap")
+	}
+	if r := Check(testCheckConfig, s.pkts, s.opens, dir); len(r.Failures) != 0 {
+		t.Error(r.Summary(5))
+	}
+}
