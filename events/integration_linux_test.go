@@ -302,6 +302,27 @@ func (l *eventLog) all(pred func(Event) bool) []timedEvent {
 	return out
 }
 
+// waitUntil returns the first recorded event matching pred, waiting at most d.
+func (l *eventLog) waitUntil(d time.Duration, pred func(Event) bool) (timedEvent, bool) {
+	deadline := time.After(d)
+	for {
+		l.mu.Lock()
+		for _, e := range l.evs {
+			if pred(e.Event) {
+				l.mu.Unlock()
+				return e, true
+			}
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline:
+			return timedEvent{}, false
+		}
+	}
+}
+
 // waitFor returns the first recorded event matching pred, waiting for it.
 func (l *eventLog) waitFor(t *testing.T, what string, pred func(Event) bool) timedEvent {
 	t.Helper()
@@ -542,7 +563,22 @@ func TestTCPInfoIntegration(t *testing.T) {
 		if v := metricValue(t, reg1, "pcap_tcpinfohandler_reconnects_total"); v != 1 {
 			t.Errorf("reconnects_total = %v, want 1", v)
 		}
-		openAndClose(srv4, log1)
+		// Events flow again. A restarted tcp-info has been seen to start
+		// sending events to a client that connected early only after a
+		// while, so new flows are made until one is announced.
+		deadline := time.Now().Add(3 * waitTimeout)
+		for attempt := 1; ; attempt++ {
+			f := dialFlow(t, ns.client, srv4)
+			_, ok := log1.waitUntil(2*time.Second, f.isOpen)
+			f.conn.Close()
+			if ok {
+				t.Logf("events flow again after the restart (flow %d)", attempt)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no Open for any new flow within %v of the reconnect", 3*waitTimeout)
+			}
+		}
 		openAndClose(srv6, log1)
 
 		// tcp-info announces every existing socket on its first poll after
