@@ -224,7 +224,6 @@ func (f *Flows) Registry() *Registry { return f.reg }
 func (f *Flows) NewWorker(id int) *Worker {
 	w := &Worker{
 		f:       f,
-		id:      id,
 		table:   make(map[Key]*flow),
 		pending: make(map[*flow]struct{}),
 		retired: make(map[Key][]*flow),

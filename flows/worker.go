@@ -46,7 +46,6 @@ type flow struct {
 	client  side // the endpoint that sent the first SYN
 	sawEnd  bool // a FIN or RST was seen
 	packets int  // packets saved (or held while pending)
-	dropped int  // packets not saved
 
 	// buf holds pcap records not yet written: all of them while pending,
 	// the tail after the last spill while active.
@@ -63,7 +62,6 @@ type flow struct {
 // time (the capture worker's while capture runs, the caller of Finish after).
 type Worker struct {
 	f     *Flows
-	id    int
 	table map[Key]*flow
 	// retired holds, per 4-tuple, earlier connections on the tuple that
 	// still wait for their UUID (oldest first); table holds the latest.
@@ -130,7 +128,6 @@ func (w *Worker) HandleFrame(fr *capture.Frame) {
 			w.nameKey(key, ts)
 		}
 		if fl.state == statePending && (fl.packets >= w.f.cfg.MaxPendingPackets || w.f.pendingBytes.Load() >= w.f.cfg.MaxPendingBytes) {
-			fl.dropped++
 			m.missedPackets.WithLabelValues("pending").Inc()
 			return
 		}
@@ -140,7 +137,6 @@ func (w *Worker) HandleFrame(fr *capture.Frame) {
 		}
 	}
 	if fl.state == stateCapped {
-		fl.dropped++
 		m.packetsAfterCapture.Inc()
 		return
 	}
