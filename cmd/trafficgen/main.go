@@ -117,6 +117,7 @@ func client(ctx context.Context, args []string) (err error) {
 	mix := fs.String("mix", trafficgen.DefaultMix.String(), "shape weights: short, long, bulk, reuse, abort")
 	long := fs.Duration("duration-long", 3*time.Second, "longest long-lived connection (they last half of it to all of it)")
 	bulk := fs.Int64("bulk-size", 4<<20, "largest bulk transfer in bytes")
+	holdMax := fs.Duration("hold-max", 0, "longest a server holds a short (0..it) or reuse (a quarter of it..it) connection before replying (0: 60ms for short, 30ms..120ms for reuse)")
 	seed := fs.Uint64("seed", 1, "seed of the deterministic plan")
 	out := fs.String("out", "-", "file for the JSON lines, one per connection (- for stdout)")
 	maxErrors := fs.Int("max-errors", 0, "exit 1 if more connections than this failed unexpectedly (-1: never)")
@@ -153,6 +154,7 @@ func client(ctx context.Context, args []string) (err error) {
 		Mix:          m,
 		LongDuration: *long,
 		BulkSize:     *bulk,
+		HoldMax:      *holdMax,
 		Seed:         *seed,
 		Out:          bw,
 		Log:          log.New(os.Stderr, "trafficgen client: ", log.LstdFlags|log.Lmicroseconds),

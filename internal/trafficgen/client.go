@@ -33,6 +33,12 @@ type ClientConfig struct {
 	LongDuration time.Duration
 	// BulkSize is the largest Bulk transfer in bytes (default 4 MiB).
 	BulkSize int64
+	// HoldMax is the longest time the server holds a Short or Reuse
+	// connection before it replies: Short ones hold between 0 and HoldMax,
+	// Reuse ones between HoldMax/4 and HoldMax. Zero keeps the defaults
+	// (0–60 ms and 30–120 ms), long enough for tcp-info's 10 ms polls to
+	// see most connections; a millisecond or two makes them miss most.
+	HoldMax time.Duration
 	// Seed makes the plan deterministic.
 	Seed uint64
 	// ReusePortBase and ReusePortCount give the local ports Reuse series
@@ -67,8 +73,8 @@ func (c *ClientConfig) Validate() error {
 			return fmt.Errorf("%w", err)
 		}
 	}
-	if c.Conns < 0 || c.For < 0 || c.Parallel < 0 || c.LongDuration < 0 || c.BulkSize < 0 {
-		return errors.New("negative conns, duration, parallelism or size")
+	if c.Conns < 0 || c.For < 0 || c.Parallel < 0 || c.LongDuration < 0 || c.BulkSize < 0 || c.HoldMax < 0 {
+		return errors.New("negative conns, duration, parallelism, size or hold")
 	}
 	if c.Conns == 0 && c.For == 0 {
 		return errors.New("set a connection count or a duration")

@@ -170,12 +170,16 @@ func (p *planner) Next() (Job, bool) {
 	p.next++
 	switch shape {
 	case Short:
-		// Mostly long enough for tcp-info's 10 ms polling to see them, a
-		// few not.
+		// By default mostly long enough for tcp-info's 10 ms polling to
+		// see them, a few not.
+		hold := 60 * time.Millisecond
+		if p.cfg.HoldMax > 0 {
+			hold = p.cfg.HoldMax
+		}
 		j.Conns = []Request{{
 			Shape: Short,
 			Close: p.closeMode(40, 40, 10, 10),
-			Hold:  p.between(0, 60*time.Millisecond),
+			Hold:  p.between(0, hold),
 			Reply: p.size(0, 4096),
 		}}
 	case Long:
@@ -201,6 +205,10 @@ func (p *planner) Next() (Job, bool) {
 		if remaining > 0 && k > remaining {
 			k = remaining
 		}
+		lo, hi := 30*time.Millisecond, 120*time.Millisecond
+		if p.cfg.HoldMax > 0 {
+			lo, hi = p.cfg.HoldMax/4, p.cfg.HoldMax
+		}
 		j.LocalPort = p.cfg.ReusePortBase + uint16(p.series%int(p.cfg.ReusePortCount))
 		p.series++
 		for i := range k {
@@ -214,7 +222,7 @@ func (p *planner) Next() (Job, bool) {
 			j.Conns = append(j.Conns, Request{
 				Shape: Reuse,
 				Close: mode,
-				Hold:  p.between(30*time.Millisecond, 120*time.Millisecond),
+				Hold:  p.between(lo, hi),
 				Reply: p.size(1, 2048),
 			})
 		}

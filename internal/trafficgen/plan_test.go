@@ -115,3 +115,38 @@ func TestRequestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanHoldMax(t *testing.T) {
+	holds := func(cfg ClientConfig) (short, reuse [2]time.Duration) {
+		short[0], reuse[0] = time.Hour, time.Hour
+		for _, j := range plan(t, cfg) {
+			for _, r := range j.Conns {
+				h := &short
+				switch r.Shape {
+				case Short:
+				case Reuse:
+					h = &reuse
+				default:
+					continue
+				}
+				h[0], h[1] = min(h[0], r.Hold), max(h[1], r.Hold)
+			}
+		}
+		return short, reuse
+	}
+	cfg := testConfig(5)
+	cfg.Conns = 2000
+	short, reuse := holds(cfg)
+	if short[1] <= 20*time.Millisecond || short[1] > 60*time.Millisecond || reuse[0] < 30*time.Millisecond || reuse[1] > 120*time.Millisecond {
+		t.Errorf("default holds: short %v, reuse %v; want within 0–60ms and 30–120ms", short, reuse)
+	}
+	cfg.HoldMax = 2 * time.Millisecond
+	short, reuse = holds(cfg)
+	if short[1] > 2*time.Millisecond || reuse[0] < 500*time.Microsecond || reuse[1] > 2*time.Millisecond {
+		t.Errorf("HoldMax 2ms: short %v, reuse %v; want within 0–2ms and 0.5–2ms", short, reuse)
+	}
+	cfg.HoldMax = -time.Millisecond
+	if _, err := NewClient(cfg); err == nil {
+		t.Error("NewClient accepted a negative HoldMax")
+	}
+}
