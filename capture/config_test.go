@@ -29,7 +29,7 @@ func loopbackName(t *testing.T) string {
 func TestConfigDefaults(t *testing.T) {
 	c := Config{Interfaces: []string{"x"}}.withDefaults()
 	if c.Workers != min(runtime.NumCPU(), MaxWorkers) || c.SnapLen != 256 || c.BlockSize != 1<<20 ||
-		c.NumBlocks != 16 || c.BlockTimeout != 10*time.Millisecond || c.TickInterval != 50*time.Millisecond ||
+		c.NumBlocks != 16 || c.BlockTimeout != 2*time.Millisecond || c.TickInterval != 50*time.Millisecond ||
 		c.FanoutGroup == 0 {
 		t.Errorf("defaults: %+v", c)
 	}
