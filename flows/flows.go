@@ -116,6 +116,12 @@ type Config struct {
 	// flow's endpoints and first packet time, so that a UUID source can look
 	// the socket up. It must not block.
 	OnNewFlow func(a, b netip.AddrPort, first time.Time)
+	// OnReset, if set, is called by a worker for each RST of a flow that
+	// still waits for its UUID, with the RST's sender and receiver and its
+	// time: a socket reset by its application (SO_LINGER 0) is destroyed
+	// without its peer's port, and the RST ties it to its flow. It must
+	// not block.
+	OnReset func(src, dst netip.AddrPort, ts time.Time)
 	// OnPublish, if set, is called by a writer goroutine with the path of
 	// each published file. It must not block for long.
 	OnPublish func(path string)

@@ -163,6 +163,14 @@ func (k Key) AddrPorts() (a, b netip.AddrPort) {
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(k.A[:4])), k.PA), netip.AddrPortFrom(netip.AddrFrom4([4]byte(k.B[:4])), k.PB)
 }
 
+// AddrPorts returns p's source and destination.
+func (p *Packet) AddrPorts() (src, dst netip.AddrPort) {
+	if p.IPv6 {
+		return netip.AddrPortFrom(netip.AddrFrom16(p.Src), p.SrcPort), netip.AddrPortFrom(netip.AddrFrom16(p.Dst), p.DstPort)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(p.Src[:4])), p.SrcPort), netip.AddrPortFrom(netip.AddrFrom4([4]byte(p.Dst[:4])), p.DstPort)
+}
+
 // KeyOf returns the direction-independent key of p.
 func KeyOf(p *Packet) Key {
 	return makeKey(p.Src, p.SrcPort, p.Dst, p.DstPort, p.IPv6)

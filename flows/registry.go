@@ -58,21 +58,21 @@ const (
 )
 
 // A claim is a UUID announced for a 4-tuple. It is handed to at most one
-// flow. The registry writes closedAt and replaced, the owning worker reads
-// them: both are atomics, so a worker never takes the registry's lock to
-// learn of a Close.
+// flow. The registry writes closedAt, the owning worker reads it: it is an
+// atomic, so a worker never takes the registry's lock to learn of a Close.
 type claim struct {
 	uuid   string
 	key    Key
 	opened time.Time // when the socket was seen alive; names the date folder
 	local  side
 	source string // which UUID source announced it first
+	// stamps are the times each source gave it (eventsocket, other);
+	// guarded by Registry.mu.
+	stamps [2]time.Time
 	// closedAt is the Close event's timestamp in Unix nanoseconds, 0 while
 	// open. tcp-info stamps a Close late (up to a poll batch), so it only
 	// ever delays the end of a flow.
 	closedAt atomic.Int64
-	// replaced is set when a socket seen later names the same 4-tuple.
-	replaced atomic.Bool
 	// ended is when the owning flow ended (Unix nanoseconds).
 	ended atomic.Int64
 	taken bool // guarded by Registry.mu
@@ -162,17 +162,67 @@ func cookieOf(uuid string) string {
 	return ""
 }
 
+// keepOrder returns ts, moved if need be so that a claim stamped stamps
+// by its sources stays after every claim of list that one of those
+// sources stamped earlier, and before every claim one stamped later. Each
+// source stamps a tuple's sockets in their order, but their stamps differ
+// (tcp-info stamps when its poll ends, the netlink source when it learns
+// of a socket), and a claim's time is the earliest of its stamps.
+func keepOrder(list []*claim, stamps [2]time.Time, ts time.Time) time.Time {
+	for y, sy := range stamps {
+		if sy.IsZero() {
+			continue
+		}
+		for _, e := range list {
+			ey := e.stamps[y]
+			switch {
+			case ey.IsZero():
+			case ey.Before(sy) && !ts.After(e.opened):
+				ts = e.opened.Add(time.Nanosecond)
+			case ey.After(sy) && !ts.Before(e.opened):
+				ts = e.opened.Add(-time.Nanosecond)
+			}
+		}
+	}
+	return ts
+}
+
+// sourceIndex is the index of a source's stamp in claim.stamps.
+func sourceIndex(source string) int {
+	if source == SourceEventSocket {
+		return 0
+	}
+	return 1
+}
+
 func (r *Registry) open(source string, ts time.Time, uuid string, key Key, s side) {
 	r.m.uuids.Inc()
+	from := source
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var closed int64
+	var stamps [2]time.Time
 	if old, ok := r.byUUID[uuid]; ok {
-		if old.key == key {
+		if old.key != key {
+			// The same UUID for another tuple: tcp-info never does this.
+			// The later event wins.
+			r.remove(old)
+		} else if old.taken || old.source == source || !ts.Before(old.opened) {
+			if old.stamps[sourceIndex(source)].IsZero() {
+				old.stamps[sourceIndex(source)] = ts
+			}
 			return
+		} else {
+			// Two sources saw the socket; each stamp is a time it was
+			// alive (or later), so the earlier one is closer to the
+			// truth and keeps the tuple's claims in order (tcp-info
+			// stamps when its poll ends, which can be after the next
+			// connection on the tuple began). Replace the claim: the old
+			// one is never handed out.
+			old.taken = true
+			r.remove(old)
+			source, closed, stamps = old.source, old.closedAt.Load(), old.stamps
 		}
-		// The same UUID for another tuple: tcp-info never does this. The
-		// later event wins.
-		r.remove(old)
 	}
 	if r.maxEntries > 0 && len(r.byUUID) >= r.maxEntries {
 		r.m.badEvents.WithLabelValues("registry_full").Inc()
@@ -189,15 +239,12 @@ func (r *Registry) open(source string, ts time.Time, uuid string, key Key, s sid
 			}
 		}
 	}
-	c := &claim{uuid: uuid, key: key, opened: ts, local: s, source: source}
+	stamps[sourceIndex(from)] = ts
+	ts = keepOrder(list, stamps, ts)
+	c := &claim{uuid: uuid, key: key, opened: ts, local: s, source: source, stamps: stamps}
+	c.closedAt.Store(closed)
 	i, _ := slices.BinarySearchFunc(list, ts, func(c *claim, t time.Time) int { return c.opened.Compare(t) })
 	list = slices.Insert(list, i, c)
-	for _, older := range list[:i] {
-		older.replaced.Store(true)
-	}
-	if i < len(list)-1 {
-		c.replaced.Store(true)
-	}
 	if len(list) > maxClaimsPerKey {
 		delete(r.byUUID, list[0].uuid)
 		list = slices.Delete(list, 0, 1)

@@ -120,6 +120,10 @@ func (w *Worker) HandleFrame(fr *capture.Frame) {
 	}
 	if w.pkt.Flags&(flagFIN|flagRST) != 0 {
 		fl.sawEnd = true
+		if w.pkt.Flags&flagRST != 0 && fl.state == statePending && w.f.cfg.OnReset != nil {
+			src, dst := w.pkt.AddrPorts()
+			w.f.cfg.OnReset(src, dst, ts)
+		}
 	}
 	switch fl.state {
 	case statePending:

@@ -524,3 +524,36 @@ func TestLateOpenNamesEarlierConnection(t *testing.T) {
 		}
 	}
 }
+
+// A UUID source hears of every new flow, and of the RSTs of flows that
+// still wait for their UUID (with who sent them), but of nothing else.
+func TestUUIDSourceHooks(t *testing.T) {
+	type call struct {
+		kind     string
+		src, dst netip.AddrPort
+		ts       time.Time
+	}
+	var calls []call
+	h := newHarness(t, Config{
+		UUIDWait:  time.Second,
+		OnNewFlow: func(a, b netip.AddrPort, first time.Time) { calls = append(calls, call{"new", a, b, first}) },
+		OnReset:   func(src, dst netip.AddrPort, ts time.Time) { calls = append(calls, call{"reset", src, dst, ts}) },
+	})
+	h.send(t0, frameSpec{src: cli6, dst: srv6, flags: flagSYN, seq: 1})
+	h.send(t0.Add(time.Millisecond), frameSpec{src: srv6, dst: cli6, flags: flagRST | flagACK})
+	// Named: its RSTs no longer matter.
+	h.send(t0.Add(2*time.Millisecond), frameSpec{src: cli4, dst: srv4, flags: flagSYN, seq: 1})
+	h.open(t0.Add(3*time.Millisecond), uuidA, srv4, cli4)
+	h.w.Tick(t0.Add(200 * time.Millisecond))
+	h.send(t0.Add(201*time.Millisecond), frameSpec{src: srv4, dst: cli4, flags: flagRST})
+	h.close()
+	if len(calls) != 3 {
+		t.Fatalf("calls %+v, want new, reset, new", calls)
+	}
+	if c := calls[1]; c.kind != "reset" || c.src != srv6 || c.dst != cli6 || !c.ts.Equal(t0.Add(time.Millisecond)) {
+		t.Errorf("reset call %+v, want from %v to %v at +1ms", c, srv6, cli6)
+	}
+	if c := calls[2]; c.kind != "new" || !c.ts.Equal(t0.Add(2*time.Millisecond)) {
+		t.Errorf("third call %+v, want the second flow", c)
+	}
+}
