@@ -40,7 +40,7 @@ func BenchmarkQueryRoundTrip(b *testing.B) {
 			b.ReportAllocs()
 			start := time.Now()
 			for b.Loop() {
-				if err := q.query(ids, res); err != nil {
+				if _, err := q.query(ids, res); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -6,22 +6,44 @@
 // A tcp-info UUID is "<prefix>_<socket cookie as %016X>" (m-lab/uuid's
 // FromCookie); the prefix is the -uuid-prefix-file contents, else
 // m-lab/uuid/prefix.UnsafeString(). The kernel knows every socket's cookie.
-// A Source learns it two ways:
+// A Source learns it three ways:
 //
 //   - Queries. For each Lookup (a new flow the capture saw) it asks the
 //     kernel for the exact 4-tuple (SOCK_DIAG_BY_FAMILY, inet_diag_req_v2,
 //     any state, no cookie), in both orientations while it does not know
 //     which side is local, up to 64 flows per round trip, retrying after
-//     1 ms, 2 ms, … up to 50 ms until found, destroyed, or MaxWait.
+//     1 ms, 2 ms, … up to 50 ms until found, or MaxWait. One lookup waits
+//     per flow, also when connections follow each other on one tuple; on
+//     such a tuple a lookup keeps asking until a query sent staleWindow
+//     (2 ms) after its flow began found a socket (the one found earlier
+//     may be the previous connection's, not told of its end yet).
 //   - Destroy notifications. A second socket subscribes to the sock_diag
 //     multicast groups SKNLGRP_INET_TCP_DESTROY and
 //     SKNLGRP_INET6_TCP_DESTROY: every destroyed socket comes with its
-//     tuple and cookie. A pending lookup for that tuple whose flow began
-//     before the destroy is answered from it (connections that end before
-//     any query finds them), and destroyed sockets are remembered for 5 s
-//     so that a Lookup arriving after the destroy (the capture lags) is
-//     answered too. A socket destroyed before a flow's first packet is never
-//     that flow's: its tuple was reused.
+//     tuple and cookie. A socket destroyed while a lookup waits on its
+//     tuple for a flow that began before is named (connections that end
+//     before any query finds them), and destroyed sockets are remembered
+//     for 5 s so that a Lookup arriving after the destroy (the capture
+//     lags) is answered too. A socket destroyed before a flow's first
+//     packet is never that flow's: its tuple was reused.
+//   - Resets. A socket its application closes with SO_LINGER 0 is
+//     disconnected first: its notification keeps the cookie, the local
+//     port and the peer's address but not the peer's port. If a query saw
+//     the cookie, that gives the tuple; otherwise the RST the socket sent,
+//     which the capture reports (Reset) for flows still waiting for a name,
+//     does, when exactly one such RST (same port and addresses, at most
+//     ResetWindow before the notification) matches.
+//
+// The Source does not decide which connection of a reused tuple a socket
+// belongs to: the flow table gives each name to the latest connection
+// begun before the name's time, newest first. So every Open's time comes
+// after its connection began, and the Opens of one tuple keep the order of
+// its sockets: a socket found with its connection open is stamped when the
+// kernel answered; one found closing when the query was sent; one in
+// TIME_WAIT when it entered it; one named from a destroy notification at
+// the notification, or just before any socket of the tuple that a query
+// found earlier and that is not destroyed yet (that one is newer: the
+// notification came late).
 //
 // It owns two netlink sockets, opened by New in the calling thread's
 // network namespace (where they stay), and the lookup state. It names a
@@ -31,9 +53,9 @@
 // that is not a local socket (forwarded traffic, another namespace) is
 // counted as a miss after MaxWait.
 //
-// Concurrency: Lookup, SetPrefix and Prefix are safe for concurrent use;
-// Lookup never blocks (the capture's workers call it once per new flow) and
-// drops, counting, when its queue is full. Run owns two goroutines (the
+// Concurrency: Lookup, Reset, SetPrefix and Prefix are safe for concurrent
+// use; Lookup and Reset never block (the capture's workers call them) and
+// drop, counting, when the queue is full. Run owns two goroutines (the
 // loop, which holds all state, queries the kernel and calls the Sink, and
 // the reader of destroy notifications) and returns only after both exit.
 //
@@ -79,6 +101,14 @@
 //     net.core.rmem_max. If the subscription fails anyway (a kernel without
 //     the groups), the Source logs it once, counts it and works with queries
 //     alone.
+//   - A socket closed with SO_LINGER 0 (TestKernelLingerZeroDestroy) is
+//     disconnected before it is freed: its notification carries its
+//     cookie, its local port and the peer's address, but port 0 for the
+//     peer and, unless it was bound to one, no local address.
+//   - Under load notifications arrive milliseconds late (tens seen on two
+//     busy cores), and an application may hold a socket whose connection
+//     ended, so a tuple's next connection can be found before the previous
+//     socket's notification comes.
 //   - The kernel answers sock_diag requests synchronously inside sendmsg:
 //     when it returns, every reply of a batch is queued (128 requests in one
 //     write, one reply each), so replies are read without waiting.

@@ -54,14 +54,14 @@ func (k *fakeKernel) counts() (queries, requests int) {
 	return k.queries, k.requests
 }
 
-func (k *fakeKernel) query(ids []sockID, res []queryResult) error {
+func (k *fakeKernel) query(ids []sockID, res []queryResult) (time.Time, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.queries++
 	k.requests += len(ids)
 	if k.failNext > 0 {
 		k.failNext--
-		return errors.New("fake round trip failure")
+		return time.Now(), errors.New("fake round trip failure")
 	}
 	for i, id := range ids {
 		m, ok := k.socks[id]
@@ -75,7 +75,7 @@ func (k *fakeKernel) query(ids []sockID, res []queryResult) error {
 			res[i] = queryResult{kind: resultNotFound}
 		}
 	}
-	return nil
+	return time.Now(), nil
 }
 
 func (k *fakeKernel) batchLimit() int { return 2 * maxBatch }

@@ -46,7 +46,7 @@ func openDestroyIn(t testing.TB, ns string) *nlDestroyReader {
 func queryOne(t testing.TB, q *nlQuerier, local, remote netip.AddrPort) queryResult {
 	t.Helper()
 	res := make([]queryResult, 1)
-	if err := q.query([]sockID{{local, remote}}, res); err != nil {
+	if _, err := q.query([]sockID{{local, remote}}, res); err != nil {
 		t.Fatal(err)
 	}
 	return res[0]
@@ -353,6 +353,45 @@ func TestKernelDestroyTiming(t *testing.T) {
 	})
 }
 
+// TestKernelLingerZeroDestroy: a socket closed with SO_LINGER 0 (a reset
+// from our side) is disconnected before it is destroyed: its notification
+// carries its cookie but a zeroed peer (and a zeroed local address unless
+// the socket was bound to one), so only a cookie seen earlier, for example
+// by a query, ties it to its tuple.
+func TestKernelLingerZeroDestroy(t *testing.T) {
+	n := newTestNet(t)
+	for _, tc := range []struct{ name, network, addr string }{
+		{"bound listener", "tcp4", "192.0.2.1:0"},
+		{"wildcard listener", "tcp", ":0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := listen(t, n.server, tc.network, tc.addr)
+			w := watchDestroys(t, n.server)
+			q := openQuerierIn(t, n.server)
+			port := addrPort(ln.Addr()).Port()
+			c, err := newDialer(t, n.client).dial(context.Background(), netip.AddrPort{}, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			sc, cookie := acceptOne(t, ln)
+			local, remote := addrPort(sc.LocalAddr()), addrPort(sc.RemoteAddr())
+			local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+			remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+			if r := queryOne(t, q, local, remote); r.kind != resultFound || r.msg.cookie != cookie {
+				t.Fatalf("query before the reset: %+v, want cookie %#x", r, cookie)
+			}
+			sc.SetLinger(0)
+			sc.Close()
+			m, _ := w.waitFor(t, cookie, 2*time.Second)
+			t.Logf("SO_LINGER 0 close of %v-%v: notification local %v remote %v state %d", local, remote, m.local, m.remote, m.state)
+			if m.remote.Port() != 0 {
+				t.Errorf("notification peer %v, want port 0 (the kernel zeroes it on disconnect)", m.remote)
+			}
+		})
+	}
+}
+
 // TestKernelDestroyCapabilities: on this kernel subscribing to the destroy
 // groups needs no capability (NETLINK_SOCK_DIAG is created with
 // NL_CFG_F_NONROOT_RECV), and neither do exact queries; CAP_NET_ADMIN only
@@ -468,7 +507,7 @@ func TestKernelBatch(t *testing.T) {
 		ids = append(ids, sockID{server, netip.AddrPortFrom(nowhereV4, uint16(1000+len(ids)))})
 	}
 	res := make([]queryResult, len(ids))
-	if err := q.query(ids, res); err != nil {
+	if _, err := q.query(ids, res); err != nil {
 		t.Fatal(err)
 	}
 	for i, id := range ids {

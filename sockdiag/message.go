@@ -41,6 +41,7 @@ const (
 
 	// TCP states as inet_diag reports them.
 	stateEstablished = 1
+	stateSynSent     = 2
 	// stateSynRecv is how inet_diag reports a request socket (the server
 	// side of a handshake in progress; inet_req_diag_fill), although its
 	// sk_state is TCP_NEW_SYN_RECV. A full socket is in SYN_RECV only
@@ -48,6 +49,7 @@ const (
 	stateSynRecv    = 3
 	stateFinWait2   = 5
 	stateTimeWait   = 6
+	stateClose      = 7
 	stateListen     = 10
 	stateNewSynRecv = 12 // TCP_NEW_SYN_RECV, a request socket's sk_state
 

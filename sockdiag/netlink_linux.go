@@ -166,9 +166,9 @@ func (q *nlQuerier) close() error { return q.f.Close() }
 // sendto returns every reply (an inet_diag_msg, or an NLMSG_ERROR such as
 // ENOENT) is queued on the socket, or was dropped for lack of buffer room.
 // The replies are then read without blocking.
-func (q *nlQuerier) query(ids []sockID, res []queryResult) error {
+func (q *nlQuerier) query(ids []sockID, res []queryResult) (time.Time, error) {
 	if len(ids) == 0 {
-		return nil
+		return time.Now(), nil
 	}
 	q.req = q.req[:0]
 	base := q.seq + 1
@@ -180,9 +180,11 @@ func (q *nlQuerier) query(ids []sockID, res []queryResult) error {
 		}
 	}
 	var opErr error
+	var answered time.Time
 	err := q.rc.Control(func(fd uintptr) {
 		for {
-			// An unconnected netlink socket sends to the kernel.
+			// An unconnected netlink socket sends to the kernel, which
+			// answers every request before the write returns.
 			_, err := unix.Write(int(fd), q.req)
 			if err == unix.EINTR {
 				continue
@@ -191,6 +193,7 @@ func (q *nlQuerier) query(ids []sockID, res []queryResult) error {
 				opErr = fmt.Errorf("sockdiag: send query: %w", err)
 				return
 			}
+			answered = time.Now()
 			break
 		}
 		for {
@@ -237,9 +240,12 @@ func (q *nlQuerier) query(ids []sockID, res []queryResult) error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("sockdiag: query socket: %w", err)
+		return time.Now(), fmt.Errorf("sockdiag: query socket: %w", err)
 	}
-	return opErr
+	if answered.IsZero() {
+		answered = time.Now()
+	}
+	return answered, opErr
 }
 
 // nlDestroyReader reads the destroy notifications of the TCP sockets of

@@ -43,9 +43,11 @@ var openTransport = openNetlink
 // Used by the loop goroutine only.
 type querier interface {
 	// query asks for every id in one round trip and sets res[i] (len(res)
-	// >= len(ids)) to the kernel's answer to ids[i]. An error means the
-	// round trip failed; results it did not fill are resultLost.
-	query(ids []sockID, res []queryResult) error
+	// >= len(ids)) to the kernel's answer to ids[i]. It returns when the
+	// kernel had answered (the kernel looks the sockets up between the
+	// call and then). An error means the round trip failed; results it
+	// did not fill are resultLost.
+	query(ids []sockID, res []queryResult) (time.Time, error)
 	// batchLimit is the most ids one query may carry.
 	batchLimit() int
 	close() error
@@ -107,7 +109,8 @@ type Source struct {
 
 type request struct {
 	a, b  netip.AddrPort
-	first time.Time
+	first time.Time // the flow's first packet; for a reset, the RST's time
+	reset bool      // a RST from a to b (Reset), not a Lookup
 }
 
 // New returns a Source that delivers to sink and registers its metrics on
@@ -170,7 +173,22 @@ func newSource(cfg Config, sink Sink, reg prometheus.Registerer, q querier, d de
 func (s *Source) Lookup(a, b netip.AddrPort, first time.Time) {
 	s.m.lookups.Inc()
 	select {
-	case s.reqs <- request{a, b, first}:
+	case s.reqs <- request{a: a, b: b, first: first}:
+	default:
+		s.m.dropped.Inc()
+	}
+}
+
+// Reset tells the source that the capture saw a RST from src to dst at ts
+// on a flow that still waits for its UUID. A socket reset by its own
+// application (SO_LINGER 0, or a disconnect) is destroyed with its peer's
+// port zeroed, so its destroy notification does not say which flow it
+// was; when exactly one such RST matches it (the socket's port and the
+// peer's address, sent at most ResetWindow before the notification came),
+// it names that flow. It never blocks, like Lookup.
+func (s *Source) Reset(src, dst netip.AddrPort, ts time.Time) {
+	select {
+	case s.reqs <- request{a: src, b: dst, first: ts, reset: true}:
 	default:
 		s.m.dropped.Inc()
 	}
@@ -256,6 +274,7 @@ func (s *Source) loop(ctx context.Context, destroys <-chan destroyBatch) {
 		pending:    newPendingSet(),
 		named:      newNamedSet(maxNamed),
 		gone:       newGoneCache(goneTTL, maxGone),
+		cookies:    newCookieTuples(maxCookieTuples),
 		localAddrs: map[netip.Addr]struct{}{},
 	}
 	timer := time.NewTimer(time.Hour)
@@ -263,6 +282,7 @@ func (s *Source) loop(ctx context.Context, destroys <-chan destroyBatch) {
 	for {
 		now := time.Now()
 		more := st.runDue(now)
+		st.matchOrphans(time.Now())
 		st.gone.expire(time.Now(), st.named.remove)
 		s.m.pending.Set(float64(st.pending.len()))
 
@@ -272,17 +292,20 @@ func (s *Source) loop(ctx context.Context, destroys <-chan destroyBatch) {
 		} else if next, ok := st.pending.nextDue(); ok {
 			wait = max(0, time.Until(next))
 		}
+		if len(st.orphans) > 0 {
+			wait = min(wait, max(0, time.Until(st.orphans[0].at.Add(orphanDelay))))
+		}
 		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
 		case r := <-s.reqs:
-			st.lookup(r, time.Now())
+			st.request(r, time.Now())
 		drain:
 			for range drainRequests - 1 {
 				select {
 				case r := <-s.reqs:
-					st.lookup(r, time.Now())
+					st.request(r, time.Now())
 				default:
 					break drain
 				}
@@ -302,6 +325,13 @@ type loopState struct {
 	pending *pendingSet
 	named   *namedSet
 	gone    *goneCache
+	cookies *cookieTuples
+	// orphans are destroyed sockets whose notification lost the peer's
+	// port (see Reset), oldest first, until orphanDelay after they came;
+	// resets are the RSTs the capture reported, until they are too old
+	// to match one.
+	orphans []orphan
+	resets  []resetSeen
 
 	// localAddrs are addresses seen as the local side of a socket. A
 	// lookup between a known local address and another one needs only one
@@ -317,6 +347,15 @@ type loopState struct {
 	queryFailing bool // a round trip failed and none succeeded since
 }
 
+// request handles one request received at now.
+func (st *loopState) request(r request, now time.Time) {
+	if r.reset {
+		st.resetSeen(r, now)
+		return
+	}
+	st.lookup(r, now)
+}
+
 // lookup handles one Lookup request received at now.
 func (st *loopState) lookup(r request, now time.Time) {
 	s := st.src
@@ -327,21 +366,16 @@ func (st *loopState) lookup(r request, now time.Time) {
 		return
 	}
 	k := keyOf(a, b)
-	if g, ok := st.gone.match(k, r.first, now); ok {
-		f, named := st.named.firstOf(sockKey{k, g.cookie})
-		if !named || f.Equal(r.first) {
-			// Destroyed after the flow began: the flow's socket (or this
-			// is a repeated lookup of the flow it was named for).
-			st.openGone(sockKey{k, g.cookie}, g, r.first, now)
-			return
-		}
-		// A socket named for another flow, destroyed after a new
-		// connection reused its tuple: this flow's socket is another one.
+	// Sockets of the tuple destroyed after the flow began are the flow's,
+	// or newer flows': their notifications came before the lookup (the
+	// capture lags). Name them all; the flow table gives each name to the
+	// connection it belongs to by the names' times.
+	found := false
+	for _, g := range st.gone.after(k, r.first, now) {
+		found = true
+		st.openGone(sockKey{k, g.cookie}, g, r.first, now)
 	}
-	if p := st.pending.get(k); p != nil {
-		if r.first.Before(p.first) {
-			p.first = r.first
-		}
+	if p := st.pending.get(k, r.first); p != nil {
 		p.deadline = now.Add(s.cfg.MaxWait)
 		return
 	}
@@ -353,6 +387,7 @@ func (st *loopState) lookup(r request, now time.Time) {
 		deadline: now.Add(s.cfg.MaxWait),
 		next:     now,
 		delay:    s.cfg.Retry,
+		found:    found,
 	})
 }
 
@@ -369,6 +404,11 @@ func (st *loopState) runDue(now time.Time) bool {
 		st.ids, st.spans = st.ids[:0], st.spans[:0]
 		for _, p := range st.due {
 			start := len(st.ids)
+			if p.done {
+				// Due at its deadline only: forgotten below.
+				st.spans = append(st.spans, [2]int{start, start})
+				continue
+			}
 			aLocal, bLocal := st.isLocal(p.a.Addr()), st.isLocal(p.b.Addr())
 			both := aLocal == bLocal || p.tries%bothEvery == bothEvery-1
 			if both || aLocal {
@@ -385,27 +425,35 @@ func (st *loopState) runDue(now time.Time) bool {
 		}
 		res := st.res[:len(st.ids)]
 		clear(res)
-		err := s.q.query(st.ids, res)
+		sent := time.Now()
+		answered, err := s.q.query(st.ids, res)
 		s.m.queries.Inc()
 		after := time.Now()
 		st.noteQueryError(err)
 		for i, p := range st.due {
-			answered := false
 			for _, r := range res[st.spans[i][0]:st.spans[i][1]] {
-				if r.kind == resultFound && st.acceptable(p, r.msg, after) {
-					st.answer(p, r.msg, after)
-					answered = true
+				if r.kind != resultFound || keyOf(r.msg.local, r.msg.remote) != p.key {
+					continue
+				}
+				st.cookies.add(r.msg.cookie, sockID{r.msg.local, r.msg.remote})
+				if st.acceptable(p, r.msg, after) {
+					st.answer(p, r.msg, sent, answered, after)
 				}
 			}
 			switch {
-			case answered:
-				st.pending.remove(p)
 			case !after.Before(p.deadline):
-				s.m.misses.Inc()
+				if !p.found {
+					s.m.misses.Inc()
+				}
 				st.pending.remove(p)
 			default:
 				p.next = after.Add(p.delay)
-				if p.next.After(p.deadline) {
+				switch {
+				case p.done:
+					// No more queries: forgotten at the deadline, rounded
+					// so that one wakeup forgets many.
+					p.next = p.deadline.Truncate(doneSweep).Add(doneSweep)
+				case p.next.After(p.deadline):
 					p.next = p.deadline
 				}
 				p.delay = min(2*p.delay, MaxRetry)
@@ -470,48 +518,163 @@ func (st *loopState) learnLocal(a netip.Addr) {
 	}
 }
 
-// answer names the socket m found for p at now.
-func (st *loopState) answer(p *pending, m diagMsg, now time.Time) {
+// staleWindow is how long after a connection's first packet a query may
+// still find the socket of the connection before it on the same tuple: the
+// capture stamps the new SYN when it arrives, the old socket learns of its
+// end when the kernel processes the packets before it, later if the
+// application holds the socket's lock. A lookup keeps asking until a query
+// sent a staleWindow after its flow began found a socket: that one is the
+// flow's, or a newer connection's (and then the flow's own socket is gone
+// and named by its destroy notification).
+const staleWindow = 2 * time.Millisecond
+
+// doneSweep is the granularity of the deadlines of lookups done querying.
+const doneSweep = 100 * time.Millisecond
+
+// answer names the socket m that a query for p found (the kernel looked
+// between sent and answered; now is later still), unless it is named
+// already, and marks p done when the socket settles it.
+//
+// The source does not decide which connection of a reused tuple a socket
+// belongs to: the flow table does, from the times of the Opens (each name
+// goes to the latest connection begun before its time, newest name
+// first, each older name to an older connection). So every Open's time
+// comes after the socket's connection began, and the tuple's sockets are
+// opened in their order. A socket found with its connection open is
+// stamped when the kernel had answered (a connection that began while the
+// query was on its way may be the one found); one found closing
+// (FIN_WAIT, CLOSING, LAST_ACK...) when the query was sent: its
+// connection began before, and a connection that begins during the query
+// is a newer one; one in TIME_WAIT with the time it entered it (see
+// destroyStamp for those named from destroy notifications). A socket
+// found open may still be an older connection's that has not learned of
+// its end yet, after a newer connection's SYN came in: stamped after that
+// SYN, it still goes to the older connection, as long as the newer one's
+// socket is named too, with a later time.
+func (st *loopState) answer(p *pending, m diagMsg, sent, answered, now time.Time) {
 	st.learnLocal(m.local.Addr())
+	p.found = true
 	k := sockKey{p.key, m.cookie}
+	if sent.Sub(p.first) >= staleWindow || !st.reused(k) {
+		p.done = true
+	}
+	if _, ok := st.named.get(k); ok {
+		return
+	}
 	if g, ok := st.gone.get(k); ok {
 		// Its destroy notification came first (and closed it).
 		st.openGone(k, g, p.first, now)
 		return
 	}
-	if _, ok := st.named.lookup(k); ok {
+	uuid := FromCookie(st.src.Prefix(), m.cookie)
+	if !m.isTimeWait() {
+		stamp := answered
+		if m.state != stateEstablished && m.state != stateSynSent && m.state != stateSynRecv {
+			stamp = sent // closing
+		}
+		// Found with its connection in progress unless in CLOSE (an
+		// application holding a socket whose connection ended).
+		st.open(k, stamp, uuid, m.local, m.remote, p.first, now, howQuery, m.state != stateClose)
 		return
 	}
-	uuid := FromCookie(st.src.Prefix(), m.cookie)
-	st.open(k, now, uuid, m.local, m.remote, p.first, now, howQuery)
-	if m.isTimeWait() {
-		// The full socket is gone already; its destroy notification (if
-		// any) came or comes separately and is deduplicated.
-		at := now
-		if m.state == stateTimeWait {
-			if elapsed := timeWaitLen - time.Duration(m.expires)*time.Millisecond; elapsed > 0 {
-				at = now.Add(-elapsed)
-			}
+	// The full socket is gone already; its destroy notification (if any)
+	// came or comes separately and is deduplicated.
+	closed := now
+	if m.state == stateTimeWait {
+		if elapsed := timeWaitLen - time.Duration(m.expires)*time.Millisecond; elapsed > 0 {
+			closed = now.Add(-elapsed)
 		}
-		st.gone.add(p.key, gone{cookie: m.cookie, at: at, local: m.local, remote: m.remote, uuid: uuid})
-		st.src.sink.Close(now, uuid)
 	}
+	p.done = p.done || closed.Sub(p.first) >= staleWindow
+	// The estimate is coarse (idiag_expires counts jiffies): never before
+	// the flow began (acceptable rejected older ones).
+	stamp := closed
+	if stamp.Before(p.first) {
+		stamp = p.first
+	}
+	st.open(k, stamp, uuid, m.local, m.remote, p.first, now, howQuery, true)
+	st.gone.add(p.key, gone{cookie: m.cookie, at: closed, local: m.local, remote: m.remote, uuid: uuid})
+	st.src.sink.Close(closed, uuid)
 }
 
-// openGone names a socket that was already destroyed (and closed): Open,
-// then Close again, both at its destroy time, unless it was named before.
+// reused reports whether the tuple of socket k has seen other sockets or
+// other flows lately: only then can a query find a socket older than the
+// flow that asked.
+func (st *loopState) reused(k sockKey) bool {
+	if len(st.pending.onTuple(k.tuple)) > 1 || len(st.gone.m[k.tuple]) > 0 {
+		return true
+	}
+	for _, c := range st.named.onTuple(k.tuple) {
+		if c != k.cookie {
+			return true
+		}
+	}
+	return false
+}
+
+// openGone names a socket that was already destroyed (and closed), unless
+// it was named before: Open (see destroyStamp), then Close again at its
+// destroy time.
 func (st *loopState) openGone(k sockKey, g gone, first, now time.Time) {
 	if _, ok := st.named.lookup(k); ok {
 		return
 	}
-	st.open(k, g.at, g.uuid, g.local, g.remote, first, now, howDestroy)
+	st.open(k, st.destroyStamp(k.tuple, g.at), g.uuid, g.local, g.remote, first, now, howDestroy, false)
 	st.src.sink.Close(g.at, g.uuid)
+}
+
+// destroyStamp is the Open time of a socket of tuple k destroyed at at,
+// named from its destroy notification. The tuple's sockets follow each
+// other, and its Opens must keep their order (see answer). A socket the
+// source found by a query before at, and whose own destroy notification
+// has not come yet, is newer: the destroyed one died before the other was
+// found, its notification came late (by milliseconds under load). So the
+// stamp is at, or just before the earliest such socket's, and after every
+// socket named before with an earlier stamp (older ones, whose
+// notifications came first).
+func (st *loopState) destroyStamp(k tupleKey, at time.Time) time.Time {
+	hi := at
+	for _, c := range st.named.onTuple(k) {
+		sk := sockKey{k, c}
+		n, _ := st.named.get(sk)
+		if !n.found || n.stamp.After(hi) {
+			continue
+		}
+		if g, dead := st.gone.get(sk); dead && g.notified {
+			continue
+		}
+		hi = n.stamp
+	}
+	if hi.Equal(at) {
+		return at
+	}
+	var lo time.Time
+	for _, c := range st.named.onTuple(k) {
+		if n, _ := st.named.get(sockKey{k, c}); n.stamp.Before(hi) && n.stamp.After(lo) {
+			lo = n.stamp
+		}
+	}
+	stamp := hi.Add(-time.Microsecond)
+	if !stamp.After(lo) {
+		stamp = lo.Add(hi.Sub(lo) / 2)
+	}
+	return stamp
 }
 
 // destroyed handles a destroy notification that arrived at at.
 func (st *loopState) destroyed(m diagMsg, at time.Time) {
 	if m.remote.Port() == 0 || !m.remote.Addr().IsValid() || m.remote.Addr().IsUnspecified() {
-		return // a listener or a socket that never connected: no flow
+		// A listener, a socket that never connected, or one closed with
+		// SO_LINGER 0 (the kernel zeroed its peer): only a query that saw
+		// its cookie before knows its tuple.
+		id, ok := st.cookies.get(m.cookie)
+		if !ok {
+			if m.local.Port() != 0 && m.remote.Addr().IsValid() && !m.remote.Addr().IsUnspecified() {
+				st.addOrphan(orphan{local: m.local, peer: m.remote.Addr(), cookie: m.cookie, at: at})
+			}
+			return
+		}
+		m.local, m.remote = id.local, id.remote
 	}
 	st.learnLocal(m.local.Addr())
 	k := keyOf(m.local, m.remote)
@@ -520,15 +683,18 @@ func (st *loopState) destroyed(m diagMsg, at time.Time) {
 	if !named {
 		uuid = FromCookie(st.src.Prefix(), m.cookie)
 	}
-	if !st.gone.add(k, gone{cookie: m.cookie, at: at, local: m.local, remote: m.remote, uuid: uuid}) {
+	g := gone{cookie: m.cookie, at: at, local: m.local, remote: m.remote, uuid: uuid, notified: true}
+	if !st.gone.add(k, g) {
 		return // already seen destroyed
 	}
-	if p := st.pending.get(k); p != nil && p.first.Before(at) && !named {
-		// The flow began before this socket died: it is the flow's socket.
-		// (A socket named already is not: a destroy can come after a new
-		// connection reused the tuple, and that connection's lookup waits.)
-		st.open(sk, at, uuid, m.local, m.remote, p.first, time.Now(), howDestroy)
-		st.pending.remove(p)
+	if !named {
+		if p := st.pending.earliest(k); p != nil && p.first.Before(at) {
+			// A flow waiting on the tuple began before this socket died:
+			// it is that flow's socket or a newer one's.
+			p.found = true
+			st.openGone(sk, g, p.first, time.Now())
+			return
+		}
 	}
 	st.src.sink.Close(at, uuid)
 }
@@ -536,19 +702,25 @@ func (st *loopState) destroyed(m diagMsg, at time.Time) {
 type how int
 
 const (
-	howQuery how = iota
-	howDestroy
+	howQuery   how = iota // a query found it
+	howDestroy            // a destroy notification
+	howReset              // an orphan destroy notification and a RST
 )
 
-// open passes a socket to Sink.Open and remembers it as named.
-func (st *loopState) open(k sockKey, ts time.Time, uuid string, local, remote netip.AddrPort, first, now time.Time, h how) {
-	st.named.add(k, uuid, first)
+// open passes a socket to Sink.Open and remembers it as named. first is
+// the first packet of the flow whose lookup led to it; foundAlive: a query
+// found it (with its connection in progress, or in TIME_WAIT).
+func (st *loopState) open(k sockKey, ts time.Time, uuid string, local, remote netip.AddrPort, first, now time.Time, h how, foundAlive bool) {
+	st.named.add(k, uuid, ts, foundAlive)
 	st.src.sink.Open(ts, uuid, local, remote)
 	m := st.src.m
-	if h == howQuery {
+	switch h {
+	case howQuery:
 		m.uuidsQuery.Inc()
-	} else {
+	case howDestroy:
 		m.uuidsDestroy.Inc()
+	default:
+		m.uuidsReset.Inc()
 	}
 	m.latency.Observe(max(0, now.Sub(first)).Seconds())
 }
@@ -557,6 +729,8 @@ func (st *loopState) open(k sockKey, ts time.Time, uuid string, local, remote ne
 type metrics struct {
 	uuidsQuery   prometheus.Counter
 	uuidsDestroy prometheus.Counter
+	uuidsReset   prometheus.Counter
+	orphans      *prometheus.CounterVec
 	lookups      prometheus.Counter
 	queries      prometheus.Counter
 	misses       prometheus.Counter
@@ -571,11 +745,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	uuids := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "pcap_uuid_source_uuids_total",
-		Help: "UUIDs a UUID source handed to the flow table, by source and by how they were learned (query: a sock_diag lookup; destroy: a destroy notification).",
+		Help: "UUIDs a UUID source handed to the flow table, by source and by how they were learned (query: a sock_diag lookup; destroy: a destroy notification; reset: a destroy notification without the peer's port, tied to its flow by the RST the capture saw).",
 	}, []string{"source", "how"})
 	m := &metrics{
 		uuidsQuery:   uuids.WithLabelValues("netlink", "query"),
 		uuidsDestroy: uuids.WithLabelValues("netlink", "destroy"),
+		uuidsReset:   uuids.WithLabelValues("netlink", "reset"),
+		orphans: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "pcap_uuid_source_orphans_total",
+			Help: "Destroy notifications without the peer's port (sockets reset by their application), by outcome: named (one RST the capture saw matched), ambiguous (several did), unmatched (none did).",
+		}, []string{"outcome"}),
 		lookups: f.NewCounter(prometheus.CounterOpts{
 			Name: "pcap_uuid_source_lookups_total",
 			Help: "Lookup requests made to the netlink UUID source, dropped ones included.",
@@ -590,7 +769,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		dropped: f.NewCounter(prometheus.CounterOpts{
 			Name: "pcap_uuid_source_dropped_total",
-			Help: "Lookup requests dropped because the netlink UUID source's queue was full.",
+			Help: "Lookup and Reset requests dropped because the netlink UUID source's queue was full.",
 		}),
 		overruns: f.NewCounter(prometheus.CounterOpts{
 			Name: "pcap_uuid_source_destroy_overruns_total",
@@ -612,6 +791,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{"subscribe", "query", "destroy_read", "decode", "invalid_lookup"} {
 		m.errors.WithLabelValues(r)
+	}
+	for _, o := range []string{"named", "ambiguous", "unmatched"} {
+		m.orphans.WithLabelValues(o)
 	}
 	return m
 }

@@ -214,8 +214,16 @@ func TestDestroyAnswersPending(t *testing.T) {
 		if got := h.metric(h.src.m.uuidsDestroy); got != 1 {
 			t.Errorf("uuids{how=destroy} = %v, want 1", got)
 		}
+		// The lookup stays (without queries) until its deadline, for the
+		// destroy notifications of newer connections on its tuple, and is
+		// not a miss.
+		time.Sleep(h.src.cfg.MaxWait + doneSweep)
+		synctest.Wait()
 		if got := h.metric(h.src.m.pending); got != 0 {
-			t.Errorf("pending = %v", got)
+			t.Errorf("pending = %v after the deadline", got)
+		}
+		if got := h.metric(h.src.m.misses); got != 0 {
+			t.Errorf("misses = %v", got)
 		}
 	})
 }
@@ -296,12 +304,14 @@ func TestTimeWait(t *testing.T) {
 			h := start(t, Config{}, false)
 			// Entered TIME_WAIT 2s ago; the flow began 3s ago.
 			h.k.put(tw(58000))
-			h.src.Lookup(srvAP, cliAP, time.Now().Add(-3*time.Second))
+			first := time.Now().Add(-3 * time.Second)
+			h.src.Lookup(srvAP, cliAP, first)
 			synctest.Wait()
 			uuid := FromCookie(testPrefix, 3)
+			// Opened and closed when it entered TIME_WAIT.
 			want := []event{
-				{open: true, ts: time.Now(), uuid: uuid, local: srvAP, remote: cliAP},
-				{open: false, ts: time.Now(), uuid: uuid},
+				{open: true, ts: time.Now().Add(-2 * time.Second), uuid: uuid, local: srvAP, remote: cliAP},
+				{open: false, ts: time.Now().Add(-2 * time.Second), uuid: uuid},
 			}
 			if got := h.sink.events(); !equalEvents(got, want) {
 				t.Fatalf("events %+v, want %+v", got, want)
@@ -346,7 +356,7 @@ func TestOpenOnce(t *testing.T) {
 		synctest.Wait()
 		uuid := FromCookie(testPrefix, 8)
 		want := []event{
-			{open: true, ts: first, uuid: uuid, local: srvAP, remote: cliAP},
+			{open: true, ts: at, uuid: uuid, local: srvAP, remote: cliAP},
 			{open: false, ts: at, uuid: uuid},
 		}
 		if got := h.sink.events(); !equalEvents(got, want) {
@@ -617,6 +627,195 @@ func TestLateLookupAfterNamedSocketDestroyed(t *testing.T) {
 		want := []string{FromCookie(testPrefix, 1), FromCookie(testPrefix, 2)}
 		if !slices.Equal(names, want) {
 			t.Errorf("opens %v, want %v", names, want)
+		}
+	})
+}
+
+// opensByUUID returns the Open events by UUID.
+func opensByUUID(evs []event) map[string]event {
+	m := map[string]event{}
+	for _, e := range evs {
+		if e.open {
+			m[e.uuid] = e
+		}
+	}
+	return m
+}
+
+// On a reused tuple the older socket, named from a notification that came
+// late, is stamped before the newer socket a query found: the flow table
+// gives names by those times.
+func TestDestroyStampKeepsTupleOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := start(t, Config{}, true)
+		first1 := time.Now()
+		time.Sleep(3 * time.Millisecond)
+		first2 := time.Now()
+		// The first connection's lookup comes late: the tuple already
+		// holds the second connection's socket.
+		h.k.put(established(srvAP, cliAP, 2))
+		time.Sleep(5 * time.Millisecond)
+		h.src.Lookup(cliAP, srvAP, first1)
+		synctest.Wait()
+		h.src.Lookup(cliAP, srvAP, first2)
+		synctest.Wait()
+		// Then the first socket's notification, late.
+		time.Sleep(time.Millisecond)
+		h.k.destroy(diagMsg{family: afInet, state: stateClose, local: srvAP, remote: cliAP, cookie: 1}, time.Now())
+		synctest.Wait()
+		opens := opensByUUID(h.sink.events())
+		o1, o2 := opens[FromCookie(testPrefix, 1)], opens[FromCookie(testPrefix, 2)]
+		if o1.uuid == "" || o2.uuid == "" {
+			t.Fatalf("opens %+v, want both sockets", opens)
+		}
+		if !o1.ts.Before(o2.ts) {
+			t.Errorf("older socket stamped %v, newer %v: want the older first", o1.ts, o2.ts)
+		}
+		if o1.ts.Before(first1) {
+			t.Errorf("older socket stamped before its flow began")
+		}
+	})
+}
+
+// On a tuple with history, a lookup keeps asking until a query sent a
+// staleWindow after its flow began found a socket; a first connection on
+// a tuple is settled by the first socket found.
+func TestReusedTupleLookupWaitsOutStaleWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := start(t, Config{}, true)
+		h.k.put(established(srvAP, cliAP, 1))
+		h.src.Lookup(cliAP, srvAP, time.Now())
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		if q, _ := h.k.counts(); q != 1 {
+			t.Fatalf("%d round trips for a tuple without history, want 1", q)
+		}
+		// The old socket lingers as the new connection begins: found at
+		// once, ambiguous; the new socket replaces it a millisecond later.
+		h.src.Lookup(cliAP, srvAP, time.Now())
+		synctest.Wait()
+		time.Sleep(time.Millisecond)
+		h.k.del(srvAP, cliAP)
+		h.k.destroy(established(srvAP, cliAP, 1), time.Now())
+		h.k.put(established(srvAP, cliAP, 2))
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		if _, ok := opensByUUID(h.sink.events())[FromCookie(testPrefix, 2)]; !ok {
+			t.Errorf("the new connection's socket was not named: %+v", h.sink.events())
+		}
+	})
+}
+
+// A socket reset by its application is destroyed without its peer's port.
+// A query that saw its cookie, or else the one RST the capture saw from it,
+// ties it to its flow; two candidate RSTs name nothing.
+func TestOrphanDestroys(t *testing.T) {
+	peer := netip.AddrPortFrom(cliAP.Addr(), 0)
+	orphan := func(cookie uint64) diagMsg {
+		return diagMsg{family: afInet, state: stateClose, local: srvAP, remote: peer, cookie: cookie}
+	}
+	t.Run("cookie seen by a query", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := start(t, Config{}, true)
+			h.k.put(established(srvAP, cliAP, 7))
+			h.src.Lookup(cliAP, srvAP, time.Now())
+			synctest.Wait()
+			h.k.del(srvAP, cliAP)
+			at := time.Now()
+			h.k.destroy(orphan(7), at)
+			synctest.Wait()
+			evs := h.sink.events()
+			if len(evs) != 2 || evs[1].open || !evs[1].ts.Equal(at) || evs[1].uuid != FromCookie(testPrefix, 7) {
+				t.Errorf("events %+v, want the Open, then its Close at the notification", evs)
+			}
+		})
+	})
+	t.Run("one RST", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := start(t, Config{}, true)
+			first := time.Now()
+			h.src.Lookup(cliAP, srvAP, first) // never found by a query
+			time.Sleep(3 * time.Millisecond)
+			other := netip.AddrPortFrom(cliAP.Addr(), 40001)
+			h.src.Lookup(other, srvAP, time.Now()) // another flow, not reset
+			h.src.Reset(srvAP, cliAP, time.Now())
+			h.src.Reset(cliAP, srvAP, time.Now()) // the peer's RST: not the socket's
+			time.Sleep(time.Millisecond)
+			at := time.Now()
+			h.k.destroy(orphan(8), at)
+			time.Sleep(orphanDelay + time.Millisecond)
+			synctest.Wait()
+			opens := opensByUUID(h.sink.events())
+			o, ok := opens[FromCookie(testPrefix, 8)]
+			if !ok || o.local != srvAP || o.remote != cliAP || len(opens) != 1 {
+				t.Fatalf("opens %+v, want cookie 8 for %v-%v", opens, srvAP, cliAP)
+			}
+			if got := h.metric(h.src.m.orphans.WithLabelValues("named")); got != 1 {
+				t.Errorf("orphans{named} = %v", got)
+			}
+			if got := h.metric(h.src.m.uuidsReset); got != 1 {
+				t.Errorf("uuids{how=reset} = %v", got)
+			}
+		})
+	})
+	// unnamed waits for the orphan to be matched and checks that it was
+	// not, for the reason given.
+	unnamedIn := func(t *testing.T, h *harness) func(outcome string) {
+		return func(outcome string) {
+			t.Helper()
+			time.Sleep(orphanDelay + time.Millisecond)
+			synctest.Wait()
+			if opens := opensByUUID(h.sink.events()); len(opens) != 0 {
+				t.Errorf("opens %+v, want none (%s)", opens, outcome)
+			}
+			if got := h.metric(h.src.m.orphans.WithLabelValues(outcome)); got != 1 {
+				t.Errorf("orphans{%s} = %v, want 1", outcome, got)
+			}
+		}
+	}
+	t.Run("two RSTs", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := start(t, Config{}, true)
+			unnamed := unnamedIn(t, h)
+			other := netip.AddrPortFrom(cliAP.Addr(), 40001)
+			h.src.Lookup(cliAP, srvAP, time.Now())
+			h.src.Lookup(other, srvAP, time.Now())
+			time.Sleep(3 * time.Millisecond)
+			h.src.Reset(srvAP, cliAP, time.Now())
+			h.src.Reset(srvAP, other, time.Now())
+			time.Sleep(time.Millisecond)
+			h.k.destroy(orphan(9), time.Now())
+			unnamed("ambiguous")
+		})
+	})
+	t.Run("RST too old", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			h := start(t, Config{MaxWait: time.Second}, true)
+			unnamed := unnamedIn(t, h)
+			h.src.Lookup(cliAP, srvAP, time.Now())
+			time.Sleep(time.Millisecond)
+			h.src.Reset(srvAP, cliAP, time.Now())
+			time.Sleep(ResetWindow + 10*time.Millisecond)
+			h.k.destroy(orphan(10), time.Now())
+			unnamed("unmatched")
+		})
+	})
+}
+
+// A TIME_WAIT socket's entry time is coarse; its Open is never stamped
+// before the flow began.
+func TestTimeWaitStampNotBeforeFlow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := start(t, Config{}, false)
+		// Entered TIME_WAIT 5ms ago by its expiry, the flow began 4ms ago
+		// (within timeWaitSlack: the flow's own).
+		h.k.put(diagMsg{family: afInet, state: stateTimeWait, timer: timerTimeWait, local: srvAP, remote: cliAP, cookie: 3, expires: 59995})
+		first := time.Now().Add(-4 * time.Millisecond)
+		h.src.Lookup(srvAP, cliAP, first)
+		synctest.Wait()
+		opens := h.sink.opens()
+		if len(opens) != 1 || !opens[0].ts.Equal(first) {
+			t.Errorf("opens %+v, want one stamped at the flow's first packet", opens)
 		}
 	})
 }

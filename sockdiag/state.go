@@ -8,6 +8,7 @@ package sockdiag
 import (
 	"container/heap"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -27,6 +28,8 @@ const (
 	timeWaitLen = 60 * time.Second
 	// timeWaitSlack absorbs the jiffy granularity of idiag_expires.
 	timeWaitSlack = 20 * time.Millisecond
+	// maxCookieTuples bounds the cookies remembered with their tuple.
+	maxCookieTuples = 1 << 16
 )
 
 // endpoint is one end of a flow: IPv4 addresses as IPv4-mapped IPv6.
@@ -75,7 +78,13 @@ type pending struct {
 	next     time.Time // query again at this time
 	delay    time.Duration
 	tries    int // queries so far
-	index    int // in pendingHeap
+	// found: a socket was found for it (by a query or a destroy
+	// notification); one that never is counts as a miss at the deadline.
+	found bool
+	// done: no more queries (see staleWindow); it stays until the
+	// deadline so that destroy notifications of its tuple are named.
+	done  bool
+	index int // in pendingHeap
 }
 
 // pendingHeap orders pending lookups by their next query time.
@@ -101,25 +110,63 @@ func (h *pendingHeap) Pop() any {
 	return p
 }
 
-// pendingSet is the pending lookups by flow, scheduled by next query time.
+// pendingSet is the pending lookups, by tuple and, on a reused tuple, by
+// the flow's first packet (one lookup per flow: successive connections on
+// one tuple each wait for their own socket), scheduled by next query time.
 type pendingSet struct {
-	byKey map[tupleKey]*pending
+	byKey map[tupleKey][]*pending // each sorted by first
 	sched pendingHeap
+	n     int
 }
 
-func newPendingSet() *pendingSet { return &pendingSet{byKey: map[tupleKey]*pending{}} }
+func newPendingSet() *pendingSet { return &pendingSet{byKey: map[tupleKey][]*pending{}} }
 
-func (s *pendingSet) len() int { return len(s.byKey) }
+func (s *pendingSet) len() int { return s.n }
 
-func (s *pendingSet) get(k tupleKey) *pending { return s.byKey[k] }
+// get returns the lookup of the flow on k that began at first.
+func (s *pendingSet) get(k tupleKey, first time.Time) *pending {
+	for _, p := range s.byKey[k] {
+		if p.first.Equal(first) {
+			return p
+		}
+	}
+	return nil
+}
+
+// onTuple returns the lookups on k, oldest flow first. The slice is the
+// set's own: do not keep it across changes.
+func (s *pendingSet) onTuple(k tupleKey) []*pending { return s.byKey[k] }
+
+// earliest returns the lookup on k of the earliest flow, or nil.
+func (s *pendingSet) earliest(k tupleKey) *pending {
+	if ps := s.byKey[k]; len(ps) > 0 {
+		return ps[0]
+	}
+	return nil
+}
 
 func (s *pendingSet) add(p *pending) {
-	s.byKey[p.key] = p
+	ps := s.byKey[p.key]
+	i := len(ps)
+	for i > 0 && ps[i-1].first.After(p.first) {
+		i--
+	}
+	s.byKey[p.key] = slices.Insert(ps, i, p)
+	s.n++
 	heap.Push(&s.sched, p)
 }
 
 func (s *pendingSet) remove(p *pending) {
-	delete(s.byKey, p.key)
+	ps := s.byKey[p.key]
+	if i := slices.Index(ps, p); i >= 0 {
+		ps = slices.Delete(ps, i, i+1)
+		s.n--
+		if len(ps) == 0 {
+			delete(s.byKey, p.key)
+		} else {
+			s.byKey[p.key] = ps
+		}
+	}
 	if p.index >= 0 {
 		heap.Remove(&s.sched, p.index)
 	}
@@ -152,18 +199,23 @@ func (s *pendingSet) popDue(dst []*pending, now time.Time, max int) []*pending {
 	return dst
 }
 
-// namedSet remembers the sockets already passed to Sink.Open and their
-// UUIDs, so that none is opened twice or closed under another UUID.
+// namedSet remembers the sockets already passed to Sink.Open, their UUIDs
+// and stamps, so that none is opened twice or closed under another UUID,
+// and so that a tuple's later Opens keep its order.
 type namedSet struct {
-	m     map[sockKey]named
-	order []namedRef // insertion order, for eviction beyond maxNamed
-	gen   uint64
-	limit int
+	m       map[sockKey]named
+	byTuple map[tupleKey][]uint64 // cookies of m by tuple
+	order   []namedRef            // insertion order, for eviction beyond maxNamed
+	gen     uint64
+	limit   int
 }
 
 type named struct {
 	uuid  string
-	first time.Time // first packet of the flow it was named for
+	stamp time.Time // of its Sink.Open
+	// found: a query found it with its connection in progress, or in
+	// TIME_WAIT (see destroyStamp).
+	found bool
 	gen   uint64
 }
 
@@ -173,7 +225,7 @@ type namedRef struct {
 }
 
 func newNamedSet(limit int) *namedSet {
-	return &namedSet{m: map[sockKey]named{}, limit: limit}
+	return &namedSet{m: map[sockKey]named{}, byTuple: map[tupleKey][]uint64{}, limit: limit}
 }
 
 func (s *namedSet) lookup(k sockKey) (string, bool) {
@@ -181,15 +233,22 @@ func (s *namedSet) lookup(k sockKey) (string, bool) {
 	return n.uuid, ok
 }
 
-// firstOf returns the first packet time of the flow k was named for.
-func (s *namedSet) firstOf(k sockKey) (time.Time, bool) {
+// get returns what is remembered of socket k.
+func (s *namedSet) get(k sockKey) (named, bool) {
 	n, ok := s.m[k]
-	return n.first, ok
+	return n, ok
 }
 
-func (s *namedSet) add(k sockKey, uuid string, first time.Time) {
+// onTuple returns the cookies of the sockets named on tuple k. The slice
+// is the set's own: do not keep it across changes.
+func (s *namedSet) onTuple(k tupleKey) []uint64 { return s.byTuple[k] }
+
+func (s *namedSet) add(k sockKey, uuid string, stamp time.Time, found bool) {
 	s.gen++
-	s.m[k] = named{uuid: uuid, first: first, gen: s.gen}
+	if _, ok := s.m[k]; !ok {
+		s.byTuple[k.tuple] = append(s.byTuple[k.tuple], k.cookie)
+	}
+	s.m[k] = named{uuid: uuid, stamp: stamp, found: found, gen: s.gen}
 	s.order = append(s.order, namedRef{k, s.gen})
 	for len(s.m) > s.limit {
 		s.evictOldest()
@@ -212,13 +271,64 @@ func (s *namedSet) evictOldest() {
 		r := s.order[0]
 		s.order = s.order[1:]
 		if n, ok := s.m[r.key]; ok && n.gen == r.gen {
-			delete(s.m, r.key)
+			s.remove(r.key)
 			return
 		}
 	}
 }
 
-func (s *namedSet) remove(k sockKey) { delete(s.m, k) }
+func (s *namedSet) remove(k sockKey) {
+	if _, ok := s.m[k]; !ok {
+		return
+	}
+	delete(s.m, k)
+	cs := s.byTuple[k.tuple]
+	if i := slices.Index(cs, k.cookie); i >= 0 {
+		cs = slices.Delete(cs, i, i+1)
+	}
+	if len(cs) == 0 {
+		delete(s.byTuple, k.tuple)
+	} else {
+		s.byTuple[k.tuple] = cs
+	}
+}
+
+// cookieTuples remembers, by cookie, the tuple of sockets queries found,
+// the most recent ones up to a bound. A socket closed with SO_LINGER 0 (or
+// disconnected) has its peer port, and unless it was bound its local
+// address, zeroed before it is destroyed, so its destroy notification
+// names no tuple; its cookie, generated by an earlier query (for a request
+// socket the full socket inherits it), still does.
+type cookieTuples struct {
+	m    map[uint64]sockID
+	ring []uint64 // insertion order; 0 is a free slot (no socket has cookie 0)
+	pos  int
+}
+
+func newCookieTuples(limit int) *cookieTuples {
+	return &cookieTuples{m: make(map[uint64]sockID), ring: make([]uint64, limit)}
+}
+
+func (c *cookieTuples) add(cookie uint64, id sockID) {
+	if cookie == 0 || len(c.ring) == 0 {
+		return
+	}
+	if _, ok := c.m[cookie]; ok {
+		c.m[cookie] = id
+		return
+	}
+	if old := c.ring[c.pos]; old != 0 {
+		delete(c.m, old)
+	}
+	c.ring[c.pos] = cookie
+	c.pos = (c.pos + 1) % len(c.ring)
+	c.m[cookie] = id
+}
+
+func (c *cookieTuples) get(cookie uint64) (sockID, bool) {
+	id, ok := c.m[cookie]
+	return id, ok
+}
 
 // gone is a socket seen destroyed.
 type gone struct {
@@ -226,6 +336,9 @@ type gone struct {
 	at            time.Time // when the destroy notification arrived
 	local, remote netip.AddrPort
 	uuid          string // as closed
+	// notified: its destroy notification came (not only a query that
+	// found it in TIME_WAIT).
+	notified bool
 }
 
 // goneCache remembers recently destroyed sockets by flow for goneTTL, at
@@ -258,9 +371,17 @@ func (c *goneCache) get(k sockKey) (gone, bool) {
 }
 
 // add remembers a destroyed socket; it returns false if it was already
-// remembered.
+// remembered (and then only notes that a notification came).
 func (c *goneCache) add(k tupleKey, g gone) bool {
 	if _, ok := c.get(sockKey{k, g.cookie}); ok {
+		if g.notified {
+			gs := c.m[k]
+			for i := range gs {
+				if gs[i].cookie == g.cookie {
+					gs[i].notified = true
+				}
+			}
+		}
 		return false
 	}
 	c.m[k] = append(c.m[k], g)
@@ -269,22 +390,17 @@ func (c *goneCache) add(k tupleKey, g gone) bool {
 	return true
 }
 
-// match returns the socket of flow k destroyed first after first, within
-// the TTL at now: the socket a flow that started at first belonged to.
-// A socket destroyed before first cannot be that flow's (the tuple was
-// reused), so it never matches.
-func (c *goneCache) match(k tupleKey, first, now time.Time) (gone, bool) {
-	var best gone
-	found := false
+// after returns the sockets of flow k destroyed after first, within the
+// TTL at now. A socket destroyed before first cannot be the flow's (the
+// tuple was reused).
+func (c *goneCache) after(k tupleKey, first, now time.Time) []gone {
+	var out []gone
 	for _, g := range c.m[k] {
-		if !g.at.After(first) || now.Sub(g.at) > c.ttl {
-			continue
-		}
-		if !found || g.at.Before(best.at) {
-			best, found = g, true
+		if g.at.After(first) && now.Sub(g.at) <= c.ttl {
+			out = append(out, g)
 		}
 	}
-	return best, found
+	return out
 }
 
 // expire forgets sockets destroyed more than the TTL before now and the

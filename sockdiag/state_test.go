@@ -2,6 +2,7 @@ package sockdiag
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 )
@@ -35,18 +36,21 @@ func TestGoneCache(t *testing.T) {
 	c.add(k, gone{cookie: 2, at: t0.Add(2 * time.Second)})
 	tests := []struct {
 		first, now time.Time
-		want       uint64 // 0: none
+		want       []uint64
 	}{
-		{first: t0.Add(-time.Second), now: t0, want: 1}, // the first destroyed after first
-		{first: t0, now: t0, want: 2},                   // destroyed at first: not this flow's
-		{first: t0.Add(time.Second), now: t0.Add(3 * time.Second), want: 2},
-		{first: t0.Add(3 * time.Second), now: t0.Add(3 * time.Second)},       // all destroyed before first
-		{first: t0.Add(-time.Second), now: t0.Add(6 * time.Second), want: 2}, // 1 is past its TTL
+		{first: t0.Add(-time.Second), now: t0, want: []uint64{1, 2}}, // destroyed after first
+		{first: t0, now: t0, want: []uint64{2}},                      // destroyed at first: not this flow's
+		{first: t0.Add(time.Second), now: t0.Add(3 * time.Second), want: []uint64{2}},
+		{first: t0.Add(3 * time.Second), now: t0.Add(3 * time.Second)},                 // all destroyed before first
+		{first: t0.Add(-time.Second), now: t0.Add(6 * time.Second), want: []uint64{2}}, // 1 is past its TTL
 	}
 	for _, tt := range tests {
-		g, ok := c.match(k, tt.first, tt.now)
-		if (tt.want == 0) == ok || (ok && g.cookie != tt.want) {
-			t.Errorf("match(first %v, now %v) = %+v, %v; want cookie %d", tt.first.Sub(t0), tt.now.Sub(t0), g, ok, tt.want)
+		var got []uint64
+		for _, g := range c.after(k, tt.first, tt.now) {
+			got = append(got, g.cookie)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("after(first %v, now %v) = %v, want %v", tt.first.Sub(t0), tt.now.Sub(t0), got, tt.want)
 		}
 	}
 	var forgot []uint64
@@ -80,7 +84,7 @@ func TestNamedSet(t *testing.T) {
 	s := newNamedSet(3)
 	key := func(c uint64) sockKey { return sockKey{keyOf(srvAP, cliAP), c} }
 	for c := range uint64(5) {
-		s.add(key(c), "u", time.Time{})
+		s.add(key(c), "u", time.Time{}, false)
 	}
 	for c := range uint64(5) {
 		_, ok := s.lookup(key(c))
@@ -90,9 +94,9 @@ func TestNamedSet(t *testing.T) {
 	}
 	// Removed entries and re-added keys do not confuse eviction.
 	s.remove(key(2))
-	s.add(key(3), "again", time.Time{}) // now the newest
-	s.add(key(5), "u", time.Time{})
-	s.add(key(6), "u", time.Time{})
+	s.add(key(3), "again", time.Time{}, false) // now the newest
+	s.add(key(5), "u", time.Time{}, false)
+	s.add(key(6), "u", time.Time{}, false)
 	if _, ok := s.lookup(key(3)); !ok {
 		t.Error("re-added key evicted by its stale reference")
 	}
@@ -103,7 +107,7 @@ func TestNamedSet(t *testing.T) {
 		t.Errorf("%d entries, want 3", len(s.m))
 	}
 	for range 100 {
-		s.add(key(7), "u", time.Time{})
+		s.add(key(7), "u", time.Time{}, false)
 	}
 	if len(s.order) > 2*s.limit {
 		t.Errorf("order holds %d references for %d entries", len(s.order), len(s.m))

@@ -98,6 +98,7 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 			return fmt.Errorf("netlink uuid source: %w", err)
 		}
 		fcfg.OnNewFlow = nl.Lookup
+		fcfg.OnReset = nl.Reset
 	}
 	arch, err := newArchiver(ctx, cfg, cfg.SigtermWait, reg)
 	if err != nil {
