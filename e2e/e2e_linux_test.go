@@ -309,6 +309,8 @@ type pipelineConfig struct {
 	seed            uint64
 	mix             string
 	bulkSize        int
+	// holdMax is trafficgen's -hold-max (0: its defaults).
+	holdMax time.Duration
 }
 
 // pipeline is what a run left behind.
@@ -489,6 +491,7 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 		"-mix", mix,
 		"-duration-long", (captureDuration*3/2).String(),
 		"-bulk-size", strconv.Itoa(bulkSize),
+		"-hold-max", cfg.holdMax.String(),
 		"-seed", strconv.FormatUint(cfg.seed, 10),
 		"-out", connsPath))
 	if code := tgc.wait(t, 2*time.Minute); code != 0 {
