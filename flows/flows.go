@@ -227,7 +227,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Flows, error) {
 func (f *Flows) Registry() *Registry { return f.reg }
 
 // NewWorker returns the table of one capture worker.
-func (f *Flows) NewWorker(id int) *Worker {
+func (f *Flows) NewWorker() *Worker {
 	w := &Worker{
 		f:       f,
 		table:   make(map[Key]*flow),

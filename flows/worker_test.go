@@ -49,7 +49,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		t.Fatal(err)
 	}
 	h.f = f
-	h.w = f.NewWorker(0)
+	h.w = f.NewWorker()
 	go func() { f.Run(); close(h.done) }()
 	t.Cleanup(h.close)
 	return h
@@ -359,7 +359,7 @@ func TestRecoverSalvagesSpill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := f.NewWorker(0)
+	w := f.NewWorker()
 	_ = w
 	var buf []byte
 	for i := range 2 {
@@ -444,7 +444,7 @@ func BenchmarkHandleFrame(b *testing.B) {
 			}
 			done := make(chan struct{})
 			go func() { f.Run(); close(done) }()
-			w := f.NewWorker(0)
+			w := f.NewWorker()
 			// 1000 concurrent flows, packets round-robin.
 			var frames []*capture.Frame
 			for i := range 1000 {

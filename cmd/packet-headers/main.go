@@ -127,7 +127,7 @@ func runLive(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 		SnapLen:    int(cfg.MaxHeaderSize),
 		BlockSize:  capture.DefaultBlockSize,
 		NumBlocks:  ringBlocks(int64(cfg.RingSize), workers),
-	}, func(i int) capture.Handler { return fl.NewWorker(i) }, reg)
+	}, func(int) capture.Handler { return fl.NewWorker() }, reg)
 	if err != nil {
 		return err
 	}
@@ -349,7 +349,7 @@ func runFile(ctx context.Context, cfg config, reg *prometheus.Registry) error {
 	}
 	flowsDone := make(chan struct{})
 	go func() { fl.Run(); close(flowsDone) }()
-	h := &replay{w: fl.NewWorker(0), reg: fl.Registry(), events: evs}
+	h := &replay{w: fl.NewWorker(), reg: fl.Registry(), events: evs}
 	fcap := capture.FileConfig{Path: cfg.Read, SnapLen: int(cfg.MaxHeaderSize)}
 	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 		fcap.Progress = os.Stderr // progress on a terminal only
