@@ -206,6 +206,8 @@ ip link add "$veth_srv" netns "$ns_srv" type veth peer name "$veth_cli" netns "$
 for spec in "$ns_srv $veth_srv $srv4 $srv6" "$ns_cli $veth_cli $cli4 $cli6"; do
 	read -r ns dev a4 a6 <<<"$spec"
 	ip -n "$ns" link set lo up
+	# Only documentation addresses: no IPv6 link-local address.
+	ip -n "$ns" link set "$dev" addrgenmode none
 	ip -n "$ns" addr add "$a4/24" dev "$dev"
 	ip -n "$ns" addr add "$a6/64" dev "$dev" nodad
 	ip -n "$ns" link set "$dev" up

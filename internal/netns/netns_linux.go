@@ -39,8 +39,9 @@ type Pair struct {
 }
 
 // New creates the two namespaces, the veth pair between them, the addresses
-// and brings all links (loopback included) up. IPv6 addresses use nodad, so
-// they are usable at once. New waits until both veth ends report carrier.
+// and brings all links (loopback included) up. The veth ends carry only the
+// documentation addresses (no IPv6 link-local address). IPv6 addresses use
+// nodad, so they are usable at once. New waits until both veth ends report carrier.
 //
 // Before creating anything, New deletes namespaces left behind by earlier
 // processes with the same prefix that no longer run (a test binary killed
@@ -93,6 +94,9 @@ func (p *Pair) setup(ctx context.Context) error {
 	for _, n := range []Namespace{s, c} {
 		steps = append(steps,
 			[]string{"-n", n.Name, "link", "set", "lo", "up"},
+			// No IPv6 link-local address (nor router solicitations and
+			// MLD reports from one): only documentation addresses.
+			[]string{"-n", n.Name, "link", "set", n.Veth, "addrgenmode", "none"},
 			[]string{"-n", n.Name, "addr", "add", n.IPv4.String() + "/24", "dev", n.Veth},
 			[]string{"-n", n.Name, "addr", "add", n.IPv6.String() + "/64", "dev", n.Veth, "nodad"},
 			[]string{"-n", n.Name, "link", "set", n.Veth, "up"},
