@@ -20,13 +20,14 @@ import (
 )
 
 // Uploader stores a finished tarball under name. It is the part of an
-// upload.Store the archiver needs. Put must be create-only: it returns nil
-// if it created the object or if the object already exists with the same
-// CRC32C (Castagnoli), an error wrapping upload.ErrConflict if the name is
-// taken by different content, and an error for which upload.IsPermanent
-// reports true when retrying cannot help.
+// upload.Store the archiver needs. Put must be create-only: it returns
+// created true if it created the object, false with a nil error if the
+// object already exists with the same CRC32C (Castagnoli) and size, an
+// error wrapping upload.ErrConflict if the name is taken by different
+// content, and an error for which upload.IsPermanent reports true when
+// retrying cannot help.
 type Uploader interface {
-	Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc32c uint32) error
+	Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc32c uint32) (created bool, err error)
 }
 
 // Internal limits.

@@ -453,6 +453,12 @@ func TestExistsWithSameChecksumIsSuccess(t *testing.T) {
 		if len(files(t, dir)) != 0 || len(spoolFiles(t, filepath.Join(dir, ".archive"))) != 0 {
 			t.Error("files left")
 		}
+		// Counted as found there, not as a second upload.
+		for r, want := range map[string]float64{resultError: 1, resultExists: 1, resultSuccess: 0} {
+			if got := testutil.ToFloat64(s.a.m.uploads.WithLabelValues(r)); got != want {
+				t.Errorf("uploads{result=%q} = %v, want %v", r, got, want)
+			}
+		}
 	})
 }
 

@@ -148,7 +148,7 @@ type fakeObj struct {
 
 func newFakeStore() *fakeStore { return &fakeStore{objs: make(map[string]fakeObj)} }
 
-func (s *fakeStore) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) error {
+func (s *fakeStore) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) (bool, error) {
 	s.mu.Lock()
 	s.puts = append(s.puts, name)
 	call, fail, after, block := len(s.puts), s.fail, s.after, s.block
@@ -157,16 +157,16 @@ func (s *fakeStore) Put(ctx context.Context, name string, body io.ReadSeeker, si
 		select {
 		case <-block:
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 	if fail != nil {
 		if err := fail(name, call); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if _, err := body.Seek(0, io.SeekStart); err != nil {
-		return err
+		return false, err
 	}
 	h := crc32.New(castagnoli)
 	var buf bytes.Buffer
@@ -176,25 +176,27 @@ func (s *fakeStore) Put(ctx context.Context, name string, body io.ReadSeeker, si
 	}
 	n, err := io.Copy(w, body)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if n != size || h.Sum32() != crc {
-		return fmt.Errorf("fake: %w", upload.ErrChecksum)
+		return false, fmt.Errorf("fake: %w", upload.ErrChecksum)
 	}
 	s.mu.Lock()
 	if o, ok := s.objs[name]; ok {
 		s.mu.Unlock()
 		if o.crc == crc && o.size == size {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("fake: %s: %w", name, upload.ErrConflict)
+		return false, fmt.Errorf("fake: %s: %w", name, upload.ErrConflict)
 	}
 	s.objs[name] = fakeObj{data: buf.Bytes(), size: n, crc: crc}
 	s.mu.Unlock()
 	if after != nil {
-		return after(name, call)
+		if err := after(name, call); err != nil {
+			return false, err
+		}
 	}
-	return nil
+	return true, nil
 }
 
 func (s *fakeStore) names() []string {

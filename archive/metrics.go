@@ -49,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		uploads: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "pcap_archive_uploads_total",
-			Help: "Upload attempts of sealed bundles by result: success (created, or already there with the same checksum), exists (already there with the same checksum, when the uploader tells), conflict (name taken by different content; the bundle is re-sealed under a new name), error (retried).",
+			Help: "Upload attempts of sealed bundles by result: success (created), exists (already there with the same checksum: an earlier attempt stored it and its answer was lost, or another run did), conflict (name taken by different content; the bundle is re-sealed under a new name), error (retried).",
 		}, []string{"result"}),
 		failures: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "pcap_archive_upload_failures_total",

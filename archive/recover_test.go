@@ -225,7 +225,7 @@ func storeBundle(t *testing.T, s *sealed, store *fakeStore) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := store.Put(t.Context(), s.man.Object, f, s.man.Size, s.man.CRC32C); err != nil {
+	if _, err := store.Put(t.Context(), s.man.Object, f, s.man.Size, s.man.CRC32C); err != nil {
 		t.Fatal(err)
 	}
 }

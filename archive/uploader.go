@@ -30,9 +30,13 @@ var errBadTarball = errors.New("tarball does not match its manifest")
 func (a *Archiver) deliver(ctx context.Context, s *sealed) bool {
 	bo := a.newBackoff()
 	conflicts := 0
+	result := resultSuccess
 	for attempt := 1; ; attempt++ {
-		err := a.putOnce(ctx, s)
+		created, err := a.putOnce(ctx, s)
 		if err == nil {
+			if !created {
+				result = resultExists
+			}
 			break
 		}
 		if ctx.Err() != nil {
@@ -88,10 +92,15 @@ func (a *Archiver) deliver(ctx context.Context, s *sealed) bool {
 	if failed := a.outage.clear(); len(failed) > 0 {
 		a.log.Info("archive: uploads succeeding again", "failed_attempts", failed)
 	}
-	a.m.uploads.WithLabelValues(resultSuccess).Inc()
-	a.m.uploadedBytes.Add(float64(s.man.Size))
+	a.m.uploads.WithLabelValues(result).Inc()
 	a.m.lastSuccess.Set(float64(a.cfg.Clock().UnixNano()) / 1e9)
-	a.log.Info("archive: uploaded bundle", "object", s.man.Object, "files", len(s.man.Members), "size", s.man.Size)
+	if result == resultExists {
+		// An earlier attempt (or run) stored it; its answer was lost.
+		a.log.Info("archive: bundle already in the store with the same checksum", "object", s.man.Object, "files", len(s.man.Members), "size", s.man.Size)
+	} else {
+		a.m.uploadedBytes.Add(float64(s.man.Size))
+		a.log.Info("archive: uploaded bundle", "object", s.man.Object, "files", len(s.man.Members), "size", s.man.Size)
+	}
 
 	bo.reset()
 	for {
@@ -114,35 +123,35 @@ func (a *Archiver) deliver(ctx context.Context, s *sealed) bool {
 }
 
 // putOnce verifies the tarball against its manifest and makes one upload
-// attempt.
-func (a *Archiver) putOnce(ctx context.Context, s *sealed) error {
+// attempt. created is false when the store already held the bundle.
+func (a *Archiver) putOnce(ctx context.Context, s *sealed) (created bool, err error) {
 	f, err := os.Open(s.tarPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %v", errBadTarball, err)
+		return false, fmt.Errorf("%w: %v", errBadTarball, err)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer f.Close()
 	size, crc, err := checksum(f)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if size != s.man.Size || crc != s.man.CRC32C {
-		return fmt.Errorf("%w: %s is %d bytes, crc32c %08x; manifest says %d, %08x", errBadTarball, s.tarPath, size, crc, s.man.Size, s.man.CRC32C)
+		return false, fmt.Errorf("%w: %s is %d bytes, crc32c %08x; manifest says %d, %08x", errBadTarball, s.tarPath, size, crc, s.man.Size, s.man.CRC32C)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
+		return false, err
 	}
 	actx, cancel := context.WithTimeout(ctx, a.cfg.UploadTimeout)
 	defer cancel()
 	start := time.Now()
-	err = a.up.Put(actx, s.man.Object, f, size, crc)
+	created, err = a.up.Put(actx, s.man.Object, f, size, crc)
 	a.m.uploadDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return fmt.Errorf("put %s: %w", s.man.Object, err)
+		return false, fmt.Errorf("put %s: %w", s.man.Object, err)
 	}
-	return nil
+	return created, nil
 }
 
 // checksum returns the size and CRC32C of r's content.

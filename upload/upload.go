@@ -64,9 +64,11 @@ type Object = core.Object
 //   - Put creates name with size bytes read from body, only if no object of
 //     that name exists (GCS ifGenerationMatch=0; S3 If-None-Match: *; file:
 //     link without replace), sending crc32c so that the server rejects a
-//     corrupted body where it can. If the name already exists with the same
-//     CRC32C and size, Put returns nil (an earlier attempt succeeded); with
-//     different content, ErrConflict and the stored object is untouched.
+//     corrupted body where it can. It reports whether it created the
+//     object: if the name already exists with the same CRC32C and size, Put
+//     returns false and a nil error (an earlier attempt succeeded, though
+//     its answer may have been lost); with different content, ErrConflict
+//     and the stored object is untouched.
 //     Put seeks body to 0 before reading it, so the same body can be passed
 //     to a retry. Put makes a single attempt (plus whatever the SDK retries
 //     within one request).

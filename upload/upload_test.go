@@ -158,7 +158,7 @@ func TestOpenFileRoundtrip(t *testing.T) {
 	}
 	defer s.Close()
 	data := []byte("hello")
-	if err := s.Put(t.Context(), "a/b.txt", strings.NewReader(string(data)), 5, 0x9a71bb4c); err != nil {
+	if _, err := s.Put(t.Context(), "a/b.txt", strings.NewReader(string(data)), 5, 0x9a71bb4c); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(filepath.Join(dir, "a", "b.txt"))

@@ -118,53 +118,53 @@ func isNotExist(err error) bool {
 }
 
 // Put implements upload.Store.
-func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) error {
+func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) (bool, error) {
 	if err := core.CheckName(name); err != nil {
-		return err
+		return false, err
 	}
 	if size < 0 {
-		return core.Permanent(fmt.Errorf("put %s: negative size %d", name, size))
+		return false, core.Permanent(fmt.Errorf("put %s: negative size %d", name, size))
 	}
 	// An earlier attempt may have succeeded; the create-only link below
 	// decides races, this only saves rewriting the body.
 	switch err := s.compare(ctx, name, size, crc); {
 	case err == nil:
-		return nil
+		return false, nil
 	case !errors.Is(err, core.ErrNotFound):
-		return fmt.Errorf("put: %w", err)
+		return false, fmt.Errorf("put: %w", err)
 	}
 	dir, err := s.mkdirs(name)
 	if err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return false, fmt.Errorf("put %s: %w", name, err)
 	}
 	tmp, err := s.writeTemp(ctx, dir, name, body, size, crc)
 	if err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return false, fmt.Errorf("put %s: %w", name, err)
 	}
 	defer os.Remove(tmp) // after the link, or on failure
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return false, fmt.Errorf("put %s: %w", name, err)
 	}
 	if err := os.Link(tmp, s.path(name)); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			// Lost a race, or the name is a folder.
 			switch err := s.compare(ctx, name, size, crc); {
 			case errors.Is(err, core.ErrNotFound):
-				return fmt.Errorf("put %s: name taken by a folder or removed while writing: %w", name, err)
+				return false, fmt.Errorf("put %s: name taken by a folder or removed while writing: %w", name, err)
 			case err != nil:
-				return fmt.Errorf("put: %w", err)
+				return false, fmt.Errorf("put: %w", err)
 			}
-			return nil
+			return false, nil
 		}
-		return classify(fmt.Errorf("put %s: publish: %w", name, err))
+		return false, classify(fmt.Errorf("put %s: publish: %w", name, err))
 	}
 	if err := os.Remove(tmp); err != nil {
-		return classify(fmt.Errorf("put %s: remove temporary file: %w", name, err))
+		return false, classify(fmt.Errorf("put %s: remove temporary file: %w", name, err))
 	}
 	if err := syncDir(dir); err != nil {
-		return classify(fmt.Errorf("put %s: %w", name, err))
+		return false, classify(fmt.Errorf("put %s: %w", name, err))
 	}
-	return nil
+	return true, nil
 }
 
 // compare checks an existing object against size and crc: nil if equal,

@@ -72,7 +72,7 @@ func TestRootRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := uploadtest.NewBlob(1, 10)
-	if err := s.Put(ctx, "a/b", bytes.NewReader(b.Data), 10, b.CRC); !errors.Is(err, upload.ErrBucketNotFound) || !upload.IsPermanent(err) {
+	if _, err := s.Put(ctx, "a/b", bytes.NewReader(b.Data), 10, b.CRC); !errors.Is(err, upload.ErrBucketNotFound) || !upload.IsPermanent(err) {
 		t.Errorf("Put = %v, want a permanent ErrBucketNotFound", err)
 	}
 	if _, err := s.Stat(ctx, "a/b"); !errors.Is(err, upload.ErrBucketNotFound) || !upload.IsPermanent(err) {
@@ -97,7 +97,7 @@ func TestLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := uploadtest.NewBlob(2, 1000)
-	if err := s.Put(ctx, "x/y/z.tgz", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+	if _, err := s.Put(ctx, "x/y/z.tgz", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(filepath.Join(dir, "x", "y", "z.tgz"))

@@ -115,15 +115,15 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 func (s *Store) key(name string) string { return core.Join(s.cfg.Prefix, name) }
 
 // Put implements upload.Store.
-func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) error {
+func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) (bool, error) {
 	if err := core.CheckName(name); err != nil {
-		return err
+		return false, err
 	}
 	if size < 0 {
-		return core.Permanent(fmt.Errorf("put %s: negative size %d", name, size))
+		return false, core.Permanent(fmt.Errorf("put %s: negative size %d", name, size))
 	}
 	if err := core.Rewind(body); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return false, fmt.Errorf("put %s: %w", name, err)
 	}
 	obj := s.bucket.Object(s.key(name))
 	// Cancelling wctx is the only way to abandon a Writer without
@@ -155,37 +155,37 @@ func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size i
 		if cerr := ctx.Err(); cerr != nil {
 			err = cerr
 		}
-		return s.classify(fmt.Errorf("put %s: %w", name, err))
+		return false, s.classify(fmt.Errorf("put %s: %w", name, err))
 	}
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
-		return fmt.Errorf("put %s: %w", name, ctx.Err())
+		return false, fmt.Errorf("put %s: %w", name, ctx.Err())
 	case isStatus(err, http.StatusNotFound):
-		return s.missingBucket(ctx, fmt.Errorf("put %s: %w", name, err))
+		return false, s.missingBucket(ctx, fmt.Errorf("put %s: %w", name, err))
 	case isStatus(err, http.StatusBadRequest):
 		// GCS says 400 for a checksum mismatch and for other bad
 		// requests alike; the body itself tells which.
 		if got, berr := core.BodyCRC(ctx, body, size); berr == nil && got != crc {
-			return fmt.Errorf("put %s: body has crc32c %08x, want %08x: %w: %w", name, got, crc, core.ErrChecksum, err)
+			return false, fmt.Errorf("put %s: body has crc32c %08x, want %08x: %w: %w", name, got, crc, core.ErrChecksum, err)
 		}
-		return s.classify(fmt.Errorf("put %s: %w", name, err))
+		return false, s.classify(fmt.Errorf("put %s: %w", name, err))
 	default:
 		err = s.classify(fmt.Errorf("put %s: %w", name, err))
 		if core.IsPermanent(err) {
-			return err
+			return false, err
 		}
 		// 412, or an outcome we could not see (a reset connection, a
 		// lost response): whatever holds the name now decides.
-		return s.resolveExisting(ctx, name, size, crc, err)
+		return false, s.resolveExisting(ctx, name, size, crc, err)
 	}
 	if a := w.Attrs(); a != nil && (a.CRC32C != crc || a.Size != size) {
 		// The server stored something else; remove exactly that generation.
 		derr := obj.If(storage.Conditions{GenerationMatch: a.Generation}).Delete(ctx)
-		return fmt.Errorf("put %s: server stored size %d crc32c %08x, want size %d crc32c %08x (removed: %v): %w",
+		return false, fmt.Errorf("put %s: server stored size %d crc32c %08x, want size %d crc32c %08x (removed: %v): %w",
 			name, a.Size, a.CRC32C, size, crc, derr == nil, core.ErrChecksum)
 	}
-	return nil
+	return true, nil
 }
 
 // resolveExisting decides a create that failed with err (412 or an unknown

@@ -55,7 +55,7 @@ func TestConformance(t *testing.T) {
 			defer outside.Close()
 			b := uploadtest.NewBlob(99, 10)
 			for _, n := range []string{"outside", "archive/prefixsibling", "archive/prefixed"} {
-				if err := outside.Put(t.Context(), n, bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+				if _, err := outside.Put(t.Context(), n, bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -79,7 +79,7 @@ func TestOpenEmulatorHost(t *testing.T) {
 		t.Errorf("String() = %q, want %q", got, want)
 	}
 	b := uploadtest.NewBlob(1, 1000)
-	if err := s.Put(t.Context(), "a/b", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+	if _, err := s.Put(t.Context(), "a/b", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 		t.Fatal(err)
 	}
 	r, err := s.Get(t.Context(), "a/b")
@@ -118,8 +118,9 @@ func TestPermanentErrors(t *testing.T) {
 			t.Errorf("%s on a missing bucket = %v, want a permanent ErrBucketNotFound", op, err)
 		}
 	}
-	check("Put", s.Put(ctx, "x", bytes.NewReader(b.Data), b.Size(), b.CRC))
-	_, err := s.Stat(ctx, "x")
+	_, err := s.Put(ctx, "x", bytes.NewReader(b.Data), b.Size(), b.CRC)
+	check("Put", err)
+	_, err = s.Stat(ctx, "x")
 	check("Stat", err)
 	_, err = s.List(ctx, "")
 	check("List", err)
@@ -134,7 +135,7 @@ func TestUnreachableIsRetryable(t *testing.T) {
 	s := newStore(t, gcs.Config{Bucket: "bucket", Endpoint: "http://127.0.0.1:1"})
 	defer s.Close()
 	b := uploadtest.NewBlob(1, 100)
-	if err := s.Put(t.Context(), "x", bytes.NewReader(b.Data), b.Size(), b.CRC); err == nil || upload.IsPermanent(err) {
+	if _, err := s.Put(t.Context(), "x", bytes.NewReader(b.Data), b.Size(), b.CRC); err == nil || upload.IsPermanent(err) {
 		t.Errorf("Put to an unreachable server = %v, want a retryable error", err)
 	}
 }
@@ -168,7 +169,7 @@ func TestUploadRate(t *testing.T) {
 	const rounds = 3
 	start := time.Now()
 	for i := range rounds {
-		if err := s.Put(ctx, fmt.Sprintf("seq/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+		if _, err := s.Put(ctx, fmt.Sprintf("seq/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -178,7 +179,7 @@ func TestUploadRate(t *testing.T) {
 	errs := make([]error, 4)
 	for i := range 4 {
 		wg.Go(func() {
-			errs[i] = s.Put(ctx, fmt.Sprintf("par/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC)
+			_, errs[i] = s.Put(ctx, fmt.Sprintf("par/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC)
 		})
 	}
 	wg.Wait()

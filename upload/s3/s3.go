@@ -192,12 +192,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 func (s *Store) key(name string) string { return core.Join(s.cfg.Prefix, name) }
 
 // Put implements upload.Store.
-func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) error {
+func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc uint32) (bool, error) {
 	if err := core.CheckName(name); err != nil {
-		return err
+		return false, err
 	}
 	if size < 0 {
-		return core.Permanent(fmt.Errorf("put %s: negative size %d", name, size))
+		return false, core.Permanent(fmt.Errorf("put %s: negative size %d", name, size))
 	}
 	// Look first: a retry after an attempt that succeeded (the common
 	// retry) then costs a HEAD instead of the body, and a server that
@@ -205,13 +205,13 @@ func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size i
 	// only 256 KiB, then resets the connection) is never asked.
 	o, found, err := s.head(ctx, name)
 	if err != nil {
-		return fmt.Errorf("put: %w", err)
+		return false, fmt.Errorf("put: %w", err)
 	}
 	if found {
-		return compare(o, size, crc)
+		return false, compare(o, size, crc)
 	}
 	if err := core.Rewind(body); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
+		return false, fmt.Errorf("put %s: %w", name, err)
 	}
 	_, err = s.client.PutObject(ctx, &awss3.PutObjectInput{
 		Bucket:         aws.String(s.cfg.Bucket),
@@ -225,28 +225,28 @@ func (s *Store) Put(ctx context.Context, name string, body io.ReadSeeker, size i
 	}, awss3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware))
 	switch {
 	case err == nil:
-		return nil
+		return true, nil
 	case ctx.Err() != nil:
-		return fmt.Errorf("put %s: %w", name, ctx.Err())
+		return false, fmt.Errorf("put %s: %w", name, ctx.Err())
 	case httpStatus(err) == http.StatusNotImplemented:
-		return core.Permanent(fmt.Errorf("put %s: server does not support create-only writes (If-None-Match: *): %w", name, err))
+		return false, core.Permanent(fmt.Errorf("put %s: server does not support create-only writes (If-None-Match: *): %w", name, err))
 	case httpStatus(err) == http.StatusNotFound:
-		return s.missingBucket(ctx, fmt.Errorf("put %s: %w", name, err))
+		return false, s.missingBucket(ctx, fmt.Errorf("put %s: %w", name, err))
 	}
 	err = classify(fmt.Errorf("put %s: %w", name, err))
 	if core.IsPermanent(err) || errors.Is(err, core.ErrChecksum) {
-		return err
+		return false, err
 	}
 	// 412, or an outcome we could not see (a reset connection, a lost
 	// response): whatever holds the name now decides.
 	o, found, herr := s.head(ctx, name)
 	switch {
 	case herr == nil && found:
-		return compare(o, size, crc)
+		return false, compare(o, size, crc)
 	case httpStatus(err) == http.StatusPreconditionFailed:
-		return fmt.Errorf("%w; the object is gone since, retry", err)
+		return false, fmt.Errorf("%w; the object is gone since, retry", err)
 	}
-	return err
+	return false, err
 }
 
 // compare decides a create that found the name taken by o.

@@ -76,7 +76,7 @@ func TestConformance(t *testing.T) {
 			defer outside.Close()
 			b := uploadtest.NewBlob(99, 10)
 			for _, n := range []string{"outside", "archive/prefixsibling", "archive/prefixed-not"} {
-				if err := outside.Put(t.Context(), n, bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+				if _, err := outside.Put(t.Context(), n, bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -105,7 +105,7 @@ func TestOpenURL(t *testing.T) {
 		t.Errorf("String() = %q, want %q", got, raw)
 	}
 	b := uploadtest.NewBlob(1, 1000)
-	if err := s.Put(t.Context(), "a/b", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+	if _, err := s.Put(t.Context(), "a/b", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 		t.Fatal(err)
 	}
 	out, err := rawClient(g).HeadObject(t.Context(), &awss3.HeadObjectInput{
@@ -144,7 +144,7 @@ func TestPermanentErrors(t *testing.T) {
 	b := uploadtest.NewBlob(1, 100)
 	good := newStore(t, config(g, bucket))
 	defer good.Close()
-	if err := good.Put(ctx, "exists", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+	if _, err := good.Put(ctx, "exists", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 		t.Fatal(err)
 	}
 	type check struct {
@@ -170,8 +170,9 @@ func TestPermanentErrors(t *testing.T) {
 					t.Errorf("%s = %v, want permanent %v", op, err, c.is)
 				}
 			}
-			want("Put", s.Put(ctx, "x", bytes.NewReader(b.Data), b.Size(), b.CRC))
-			_, err := s.Stat(ctx, "exists")
+			_, err := s.Put(ctx, "x", bytes.NewReader(b.Data), b.Size(), b.CRC)
+			want("Put", err)
+			_, err = s.Stat(ctx, "exists")
 			want("Stat", err)
 			_, err = s.Stat(ctx, "missing")
 			want("Stat(missing)", err)
@@ -196,7 +197,7 @@ func TestUnreachableIsRetryable(t *testing.T) {
 	})
 	defer s.Close()
 	b := uploadtest.NewBlob(1, 100)
-	if err := s.Put(t.Context(), "x", bytes.NewReader(b.Data), b.Size(), b.CRC); err == nil || upload.IsPermanent(err) {
+	if _, err := s.Put(t.Context(), "x", bytes.NewReader(b.Data), b.Size(), b.CRC); err == nil || upload.IsPermanent(err) {
 		t.Errorf("Put to an unreachable server = %v, want a retryable error", err)
 	}
 }
@@ -234,7 +235,7 @@ func TestForeignObjects(t *testing.T) {
 	if o, err := s.Stat(ctx, "meta"); err != nil || o.CRC32C != 0xdeadbeef {
 		t.Errorf("Stat(meta) = %+v, %v; want the metadata's deadbeef", o, err)
 	}
-	if err := s.Put(ctx, "plain", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+	if _, err := s.Put(ctx, "plain", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 		t.Errorf("Put over a foreign object with the same content = %v", err)
 	}
 	objs, err := s.List(ctx, "")
@@ -274,7 +275,7 @@ func TestUploadRate(t *testing.T) {
 	const rounds = 3
 	start := time.Now()
 	for i := range rounds {
-		if err := s.Put(ctx, fmt.Sprintf("seq/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+		if _, err := s.Put(ctx, fmt.Sprintf("seq/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -284,7 +285,7 @@ func TestUploadRate(t *testing.T) {
 	errs := make([]error, 4)
 	for i := range 4 {
 		wg.Go(func() {
-			errs[i] = s.Put(ctx, fmt.Sprintf("par/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC)
+			_, errs[i] = s.Put(ctx, fmt.Sprintf("par/%d", i), bytes.NewReader(b.Data), b.Size(), b.CRC)
 		})
 	}
 	wg.Wait()

@@ -118,8 +118,12 @@ func ctxFor(t *testing.T) context.Context {
 
 func put(t *testing.T, s upload.Store, name string, b Blob) {
 	t.Helper()
-	if err := s.Put(ctxFor(t), name, bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
+	created, err := s.Put(ctxFor(t), name, bytes.NewReader(b.Data), b.Size(), b.CRC)
+	if err != nil {
 		t.Fatalf("Put(%s): %v", name, err)
+	}
+	if !created {
+		t.Errorf("Put(%s) of a new name: created false", name)
 	}
 }
 
@@ -213,8 +217,8 @@ func testPutExistingSame(t *testing.T, s upload.Store) {
 	// Larger than the 256 KiB some servers drain from a rejected body.
 	b := NewBlob(3, 1<<20)
 	put(t, s, "dir/same", b)
-	if err := s.Put(ctxFor(t), "dir/same", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil {
-		t.Errorf("second Put with the same content = %v, want nil", err)
+	if created, err := s.Put(ctxFor(t), "dir/same", bytes.NewReader(b.Data), b.Size(), b.CRC); err != nil || created {
+		t.Errorf("second Put with the same content = created %v, %v; want false, nil", created, err)
 	}
 	checkStored(t, s, "dir/same", b)
 }
@@ -222,13 +226,13 @@ func testPutExistingSame(t *testing.T, s upload.Store) {
 func testPutConflict(t *testing.T, s upload.Store) {
 	orig, other := NewBlob(4, 1<<20), NewBlob(5, 1<<20)
 	put(t, s, "dir/taken", orig)
-	err := s.Put(ctxFor(t), "dir/taken", bytes.NewReader(other.Data), other.Size(), other.CRC)
+	_, err := s.Put(ctxFor(t), "dir/taken", bytes.NewReader(other.Data), other.Size(), other.CRC)
 	if !errors.Is(err, upload.ErrConflict) {
 		t.Errorf("Put with different content = %v, want ErrConflict", err)
 	}
 	// A different size is a conflict too.
 	longer := NewBlob(6, 1<<20+1)
-	err = s.Put(ctxFor(t), "dir/taken", bytes.NewReader(longer.Data), longer.Size(), longer.CRC)
+	_, err = s.Put(ctxFor(t), "dir/taken", bytes.NewReader(longer.Data), longer.Size(), longer.CRC)
 	if !errors.Is(err, upload.ErrConflict) {
 		t.Errorf("Put with different size = %v, want ErrConflict", err)
 	}
@@ -237,7 +241,7 @@ func testPutConflict(t *testing.T, s upload.Store) {
 
 func testWrongChecksum(t *testing.T, s upload.Store) {
 	b := NewBlob(7, 300_000)
-	err := s.Put(ctxFor(t), "dir/bad-crc", bytes.NewReader(b.Data), b.Size(), b.CRC^0x5a5a)
+	_, err := s.Put(ctxFor(t), "dir/bad-crc", bytes.NewReader(b.Data), b.Size(), b.CRC^0x5a5a)
 	if err == nil {
 		t.Fatal("Put with a wrong checksum succeeded")
 	}
@@ -255,7 +259,7 @@ func testWrongChecksum(t *testing.T, s upload.Store) {
 
 func testShortBody(t *testing.T, s upload.Store) {
 	b := NewBlob(8, 1000)
-	if err := s.Put(ctxFor(t), "short", bytes.NewReader(b.Data[:600]), b.Size(), b.CRC); err == nil {
+	if _, err := s.Put(ctxFor(t), "short", bytes.NewReader(b.Data[:600]), b.Size(), b.CRC); err == nil {
 		t.Error("Put with a body shorter than size succeeded")
 	}
 	checkMissing(t, s, "short")
@@ -350,7 +354,7 @@ func (f *flakyBody) Read(p []byte) (int, error) {
 func testReread(t *testing.T, s upload.Store) {
 	b := NewBlob(13, 2<<20)
 	body := &flakyBody{Reader: bytes.NewReader(b.Data), failing: true, failAt: 700_000}
-	if err := s.Put(ctxFor(t), "reread", body, b.Size(), b.CRC); err == nil {
+	if _, err := s.Put(ctxFor(t), "reread", body, b.Size(), b.CRC); err == nil {
 		t.Fatal("Put with a failing body succeeded")
 	}
 	checkMissing(t, s, "reread")
@@ -361,7 +365,7 @@ func testReread(t *testing.T, s upload.Store) {
 	body.mu.Lock()
 	body.failing = false
 	body.mu.Unlock()
-	if err := s.Put(ctxFor(t), "reread", body, b.Size(), b.CRC); err != nil {
+	if _, err := s.Put(ctxFor(t), "reread", body, b.Size(), b.CRC); err != nil {
 		t.Fatalf("Put with the same body after a failure: %v", err)
 	}
 	checkStored(t, s, "reread", b)
@@ -390,7 +394,10 @@ func testCancel(t *testing.T, s upload.Store) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- s.Put(ctx, "cancelled", body, b.Size(), b.CRC) }()
+	go func() {
+		_, err := s.Put(ctx, "cancelled", body, b.Size(), b.CRC)
+		done <- err
+	}()
 	time.Sleep(300 * time.Millisecond)
 	cancel()
 	cancelled := time.Now()
@@ -423,7 +430,7 @@ func testConcurrent(t *testing.T, s upload.Store) {
 		wg.Go(func() {
 			<-start
 			b := blobs[i%2]
-			errs[i] = s.Put(ctx, name, bytes.NewReader(b.Data), b.Size(), b.CRC)
+			_, errs[i] = s.Put(ctx, name, bytes.NewReader(b.Data), b.Size(), b.CRC)
 		})
 	}
 	close(start)
@@ -456,7 +463,7 @@ func testInvalidNames(t *testing.T, s upload.Store) {
 	ctx := ctxFor(t)
 	b := NewBlob(17, 10)
 	for _, name := range []string{"", "/abs", "a//b", "a/", "../escape", "a/../../b", "a/./b", ".", "bad\nname", ".upload-tmp-x", "a/.upload-tmp-1/b", strings.Repeat("x", 1025)} {
-		err := s.Put(ctx, name, bytes.NewReader(b.Data), b.Size(), b.CRC)
+		_, err := s.Put(ctx, name, bytes.NewReader(b.Data), b.Size(), b.CRC)
 		if !errors.Is(err, upload.ErrInvalidName) || !upload.IsPermanent(err) {
 			t.Errorf("Put(%q) = %v, want a permanent ErrInvalidName", name, err)
 		}

@@ -33,7 +33,7 @@ type Object struct {
 // Store is a bucket (or a directory tree used as one). See package upload for
 // the full contract.
 type Store interface {
-	Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc32c uint32) error
+	Put(ctx context.Context, name string, body io.ReadSeeker, size int64, crc32c uint32) (created bool, err error)
 	Stat(ctx context.Context, name string) (Object, error)
 	List(ctx context.Context, prefix string) ([]Object, error)
 	Get(ctx context.Context, name string) (io.ReadCloser, error)
