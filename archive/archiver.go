@@ -306,8 +306,9 @@ func (b *bundler) finished(s *sealed) {
 // uploaders until all are done or ShutdownGrace has passed.
 func (b *bundler) shutdown(stopUploads context.CancelFunc) {
 	grace := b.a.cfg.ShutdownGrace
+	start := b.a.cfg.Clock()
 	if grace > 0 {
-		b.collect(b.a.cfg.Clock().Add(grace / 2))
+		b.collect(start.Add(grace / 2))
 	}
 	for _, bd := range b.open {
 		b.seal(bd)
@@ -316,7 +317,9 @@ func (b *bundler) shutdown(stopUploads context.CancelFunc) {
 		stopUploads()
 		grace = 0
 	}
-	timer := time.NewTimer(grace)
+	// The grace counts from the start of the shutdown: collecting took
+	// part of it.
+	timer := time.NewTimer(max(0, grace-b.a.cfg.Clock().Sub(start)))
 	defer timer.Stop()
 	left := len(b.queue) // left sealed for the next start
 	if grace == 0 {

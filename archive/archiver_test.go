@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -475,6 +476,39 @@ func TestShutdownSealsAndUploadsWithinGrace(t *testing.T) {
 		checkStored(t, store, want)
 		if len(files(t, dir)) != 0 {
 			t.Error("sources left")
+		}
+	})
+}
+
+// The grace bounds the whole shutdown: the time spent collecting what was
+// published last comes out of it.
+func TestShutdownGraceIncludesCollecting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		cfg := testConfig(t, dir)
+		cfg.MaxAge = time.Hour
+		cfg.ShutdownGrace = 3 * time.Second
+		sources(t, dir, "2024/05/06", 2, 100, 1)
+		// Once stopping, every reading of the clock finds it 200ms later:
+		// collecting and sealing take a while.
+		var stopping atomic.Bool
+		var skew atomic.Int64
+		cfg.Clock = func() time.Time {
+			if stopping.Load() {
+				skew.Add(int64(200 * time.Millisecond))
+			}
+			return time.Now().Add(time.Duration(skew.Load()))
+		}
+		hung := newFakeStore()
+		hung.block = make(chan struct{}) // never answers
+		s := start(t, cfg, hung)
+		synctest.Wait()
+		t0 := time.Now()
+		stopping.Store(true)
+		s.stop(t)
+		spent := time.Duration(skew.Load())
+		if d := time.Since(t0); d+spent > cfg.ShutdownGrace+200*time.Millisecond || spent == 0 {
+			t.Errorf("Run returned %v after cancel, after %v spent collecting; want both within the grace %v", d, spent, cfg.ShutdownGrace)
 		}
 	})
 }

@@ -93,9 +93,11 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// UploadTimeout bounds one upload attempt. Default 10m.
 	UploadTimeout time.Duration
-	// ShutdownGrace is how long uploads may go on after the Run context is
-	// cancelled (the daemon passes -sigtermwait). Default 1s; negative means
-	// seal and leave everything for the next start.
+	// ShutdownGrace is how long the shutdown may take after the Run context
+	// is cancelled (the daemon passes -sigtermwait): up to half of it to
+	// bundle what was published last, the rest (and whatever that left) to
+	// upload. Default 1s; negative means seal and leave everything for the
+	// next start.
 	ShutdownGrace time.Duration
 
 	// Clock returns the current time; nil means time.Now. It stamps object
