@@ -12,7 +12,8 @@ import (
 // RST it sent, which the capture sees on a flow still waiting for its
 // UUID, ties the two together: same local port (and address, when the
 // notification kept it), same peer address, the RST at most ResetWindow
-// before the notification. A match must be unique, or nothing is named.
+// before the notification. A match must be unique both ways (one RST for
+// the orphan, no other orphan for the RST), or nothing is named.
 
 const (
 	// ResetWindow is the longest time from a RST to the destroy
@@ -109,8 +110,9 @@ func (st *loopState) matchOrphans(now time.Time) {
 
 func (st *loopState) matchOrphan(o *orphan, now time.Time) {
 	m := st.src.m
-	var match *resetSeen
+	var cands []*resetSeen
 	var p *pending
+	ambiguous := false
 	for i := range st.resets {
 		r := &st.resets[i]
 		if !o.matches(r) {
@@ -126,18 +128,26 @@ func (st *loopState) matchOrphan(o *orphan, now time.Time) {
 		if q == nil {
 			continue
 		}
-		if match != nil {
-			// Two RSTs could be its; guessing would risk giving one
-			// flow another's name.
-			m.orphans.WithLabelValues("ambiguous").Inc()
-			return
-		}
-		match, p = r, q
+		cands = append(cands, r)
+		p = q
+		// The RST could be another orphan's just as well (a stall delays
+		// several notifications together).
+		ambiguous = ambiguous || st.otherOrphanMatches(o, r)
 	}
-	if match == nil {
+	switch {
+	case len(cands) == 0:
 		m.orphans.WithLabelValues("unmatched").Inc()
 		return
+	case len(cands) > 1 || ambiguous:
+		// Guessing would risk giving one flow another's name; no later
+		// orphan may take these RSTs either.
+		for _, r := range cands {
+			r.used = true
+		}
+		m.orphans.WithLabelValues("ambiguous").Inc()
+		return
 	}
+	match := cands[0]
 	match.used = true
 	p.found = true
 	k := keyOf(match.src, match.dst)
@@ -151,4 +161,15 @@ func (st *loopState) matchOrphan(o *orphan, now time.Time) {
 	m.orphans.WithLabelValues("named").Inc()
 	st.open(sk, st.destroyStamp(k, o.at), uuid, match.src, match.dst, p.first, now, howReset, false)
 	st.src.sink.Close(o.at, uuid)
+}
+
+// otherOrphanMatches reports whether an orphan other than o, still waiting,
+// could have sent r.
+func (st *loopState) otherOrphanMatches(o *orphan, r *resetSeen) bool {
+	for i := range st.orphans {
+		if p := &st.orphans[i]; p != o && p.matches(r) {
+			return true
+		}
+	}
+	return false
 }

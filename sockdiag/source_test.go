@@ -819,3 +819,33 @@ func TestTimeWaitStampNotBeforeFlow(t *testing.T) {
 		}
 	})
 }
+
+// One RST that two orphans could have sent names neither.
+func TestOrphanRSTOfTwoOrphans(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := start(t, Config{}, true)
+		peer := netip.AddrPortFrom(cliAP.Addr(), 0)
+		h.src.Lookup(cliAP, srvAP, time.Now())
+		time.Sleep(3 * time.Millisecond)
+		h.src.Reset(srvAP, cliAP, time.Now())
+		time.Sleep(time.Millisecond)
+		h.k.destroy(diagMsg{family: afInet, state: stateClose, local: srvAP, remote: peer, cookie: 11}, time.Now())
+		time.Sleep(time.Millisecond)
+		h.k.destroy(diagMsg{family: afInet, state: stateClose, local: srvAP, remote: peer, cookie: 12}, time.Now())
+		// Matched one after the other: the second finds the RST alone.
+		time.Sleep(orphanDelay)
+		synctest.Wait()
+		time.Sleep(2 * time.Millisecond)
+		synctest.Wait()
+		if opens := opensByUUID(h.sink.events()); len(opens) != 0 {
+			t.Errorf("opens %+v, want none", opens)
+		}
+		// The first sees the second waiting; the second no longer finds
+		// the RST, withheld.
+		for outcome, want := range map[string]float64{"ambiguous": 1, "unmatched": 1, "named": 0} {
+			if got := h.metric(h.src.m.orphans.WithLabelValues(outcome)); got != want {
+				t.Errorf("orphans{%s} = %v, want %v", outcome, got, want)
+			}
+		}
+	})
+}
