@@ -31,8 +31,9 @@
 //     port and the peer's address but not the peer's port. If a query saw
 //     the cookie, that gives the tuple; otherwise the RST the socket sent,
 //     which the capture reports (Reset) for flows still waiting for a name,
-//     does, when exactly one such RST (same port and addresses, at most
-//     ResetWindow before the notification) matches.
+//     does, when the match is unique both ways: one RST (same port and
+//     addresses, at most ResetWindow before the notification) for the
+//     socket, no other such socket waiting for that RST.
 //
 // The Source does not decide which connection of a reused tuple a socket
 // belongs to: the flow table gives each name to the latest connection
