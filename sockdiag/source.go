@@ -558,7 +558,7 @@ func (st *loopState) answer(p *pending, m diagMsg, sent, answered, now time.Time
 	if sent.Sub(p.first) >= staleWindow || !st.reused(k) {
 		p.done = true
 	}
-	if _, ok := st.named.get(k); ok {
+	if _, ok := st.named.lookup(k); ok {
 		return
 	}
 	if g, ok := st.gone.get(k); ok {
@@ -604,8 +604,8 @@ func (st *loopState) reused(k sockKey) bool {
 	if len(st.pending.onTuple(k.tuple)) > 1 || len(st.gone.m[k.tuple]) > 0 {
 		return true
 	}
-	for _, c := range st.named.onTuple(k.tuple) {
-		if c != k.cookie {
+	for _, n := range st.named.onTuple(k.tuple) {
+		if n.cookie != k.cookie {
 			return true
 		}
 	}
@@ -634,13 +634,11 @@ func (st *loopState) openGone(k sockKey, g gone, first, now time.Time) {
 // notifications came first).
 func (st *loopState) destroyStamp(k tupleKey, at time.Time) time.Time {
 	hi := at
-	for _, c := range st.named.onTuple(k) {
-		sk := sockKey{k, c}
-		n, _ := st.named.get(sk)
+	for _, n := range st.named.onTuple(k) {
 		if !n.found || n.stamp.After(hi) {
 			continue
 		}
-		if g, dead := st.gone.get(sk); dead && g.notified {
+		if g, dead := st.gone.get(sockKey{k, n.cookie}); dead && g.notified {
 			continue
 		}
 		hi = n.stamp
@@ -649,8 +647,8 @@ func (st *loopState) destroyStamp(k tupleKey, at time.Time) time.Time {
 		return at
 	}
 	var lo time.Time
-	for _, c := range st.named.onTuple(k) {
-		if n, _ := st.named.get(sockKey{k, c}); n.stamp.Before(hi) && n.stamp.After(lo) {
+	for _, n := range st.named.onTuple(k) {
+		if n.stamp.Before(hi) && n.stamp.After(lo) {
 			lo = n.stamp
 		}
 	}

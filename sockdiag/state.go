@@ -200,19 +200,20 @@ func (s *pendingSet) popDue(dst []*pending, now time.Time, max int) []*pending {
 }
 
 // namedSet remembers the sockets already passed to Sink.Open, their UUIDs
-// and stamps, so that none is opened twice or closed under another UUID,
-// and so that a tuple's later Opens keep its order.
+// and stamps, by tuple, so that none is opened twice or closed under
+// another UUID, and so that a tuple's later Opens keep its order.
 type namedSet struct {
-	m       map[sockKey]named
-	byTuple map[tupleKey][]uint64 // cookies of m by tuple
-	order   []namedRef            // insertion order, for eviction beyond maxNamed
-	gen     uint64
-	limit   int
+	m     map[tupleKey][]named
+	n     int        // sockets held
+	order []namedRef // insertion order, for eviction beyond maxNamed
+	gen   uint64
+	limit int
 }
 
 type named struct {
-	uuid  string
-	stamp time.Time // of its Sink.Open
+	cookie uint64
+	uuid   string
+	stamp  time.Time // of its Sink.Open
 	// found: a query found it with its connection in progress, or in
 	// TIME_WAIT (see destroyStamp).
 	found bool
@@ -225,39 +226,49 @@ type namedRef struct {
 }
 
 func newNamedSet(limit int) *namedSet {
-	return &namedSet{m: map[sockKey]named{}, byTuple: map[tupleKey][]uint64{}, limit: limit}
+	return &namedSet{m: map[tupleKey][]named{}, limit: limit}
 }
 
-func (s *namedSet) lookup(k sockKey) (string, bool) {
-	n, ok := s.m[k]
-	return n.uuid, ok
-}
+func (s *namedSet) len() int { return s.n }
 
 // get returns what is remembered of socket k.
 func (s *namedSet) get(k sockKey) (named, bool) {
-	n, ok := s.m[k]
-	return n, ok
+	for _, n := range s.m[k.tuple] {
+		if n.cookie == k.cookie {
+			return n, true
+		}
+	}
+	return named{}, false
 }
 
-// onTuple returns the cookies of the sockets named on tuple k. The slice
-// is the set's own: do not keep it across changes.
-func (s *namedSet) onTuple(k tupleKey) []uint64 { return s.byTuple[k] }
+func (s *namedSet) lookup(k sockKey) (string, bool) {
+	n, ok := s.get(k)
+	return n.uuid, ok
+}
+
+// onTuple returns the sockets named on tuple k. The slice is the set's
+// own: do not keep it across changes.
+func (s *namedSet) onTuple(k tupleKey) []named { return s.m[k] }
 
 func (s *namedSet) add(k sockKey, uuid string, stamp time.Time, found bool) {
 	s.gen++
-	if _, ok := s.m[k]; !ok {
-		s.byTuple[k.tuple] = append(s.byTuple[k.tuple], k.cookie)
+	n := named{cookie: k.cookie, uuid: uuid, stamp: stamp, found: found, gen: s.gen}
+	ns := s.m[k.tuple]
+	if i := slices.IndexFunc(ns, func(o named) bool { return o.cookie == k.cookie }); i >= 0 {
+		ns[i] = n
+	} else {
+		s.m[k.tuple] = append(ns, n)
+		s.n++
 	}
-	s.m[k] = named{uuid: uuid, stamp: stamp, found: found, gen: s.gen}
 	s.order = append(s.order, namedRef{k, s.gen})
-	for len(s.m) > s.limit {
+	for s.n > s.limit {
 		s.evictOldest()
 	}
 	// Compact the order slice when stale references dominate it.
-	if len(s.order) > 2*s.limit || (len(s.order) > 1024 && len(s.order) > 4*len(s.m)) {
+	if len(s.order) > 2*s.limit || (len(s.order) > 1024 && len(s.order) > 4*s.n) {
 		live := s.order[:0]
 		for _, r := range s.order {
-			if n, ok := s.m[r.key]; ok && n.gen == r.gen {
+			if s.current(r) {
 				live = append(live, r)
 			}
 		}
@@ -266,11 +277,17 @@ func (s *namedSet) add(k sockKey, uuid string, stamp time.Time, found bool) {
 	}
 }
 
+// current reports whether r refers to the socket's latest add.
+func (s *namedSet) current(r namedRef) bool {
+	n, ok := s.get(r.key)
+	return ok && n.gen == r.gen
+}
+
 func (s *namedSet) evictOldest() {
 	for len(s.order) > 0 {
 		r := s.order[0]
 		s.order = s.order[1:]
-		if n, ok := s.m[r.key]; ok && n.gen == r.gen {
+		if s.current(r) {
 			s.remove(r.key)
 			return
 		}
@@ -278,18 +295,16 @@ func (s *namedSet) evictOldest() {
 }
 
 func (s *namedSet) remove(k sockKey) {
-	if _, ok := s.m[k]; !ok {
+	ns := s.m[k.tuple]
+	i := slices.IndexFunc(ns, func(o named) bool { return o.cookie == k.cookie })
+	if i < 0 {
 		return
 	}
-	delete(s.m, k)
-	cs := s.byTuple[k.tuple]
-	if i := slices.Index(cs, k.cookie); i >= 0 {
-		cs = slices.Delete(cs, i, i+1)
-	}
-	if len(cs) == 0 {
-		delete(s.byTuple, k.tuple)
+	s.n--
+	if ns = slices.Delete(ns, i, i+1); len(ns) == 0 {
+		delete(s.m, k.tuple)
 	} else {
-		s.byTuple[k.tuple] = cs
+		s.m[k.tuple] = ns
 	}
 }
 

@@ -103,14 +103,14 @@ func TestNamedSet(t *testing.T) {
 	if _, ok := s.lookup(key(4)); ok {
 		t.Error("oldest key not evicted")
 	}
-	if len(s.m) != 3 {
-		t.Errorf("%d entries, want 3", len(s.m))
+	if s.len() != 3 {
+		t.Errorf("%d entries, want 3", s.len())
 	}
 	for range 100 {
 		s.add(key(7), "u", time.Time{}, false)
 	}
 	if len(s.order) > 2*s.limit {
-		t.Errorf("order holds %d references for %d entries", len(s.order), len(s.m))
+		t.Errorf("order holds %d references for %d entries", len(s.order), s.len())
 	}
 }
 
