@@ -197,9 +197,9 @@ func sourceIndex(source string) int {
 
 func (r *Registry) open(source string, ts time.Time, uuid string, key Key, s side) {
 	r.m.uuids.Inc()
-	from := source
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	credit := source // the source that named the socket first
 	var closed int64
 	var stamps [2]time.Time
 	if old, ok := r.byUUID[uuid]; ok {
@@ -221,7 +221,7 @@ func (r *Registry) open(source string, ts time.Time, uuid string, key Key, s sid
 			// one is never handed out.
 			old.taken = true
 			r.remove(old)
-			source, closed, stamps = old.source, old.closedAt.Load(), old.stamps
+			credit, closed, stamps = old.source, old.closedAt.Load(), old.stamps
 		}
 	}
 	if r.maxEntries > 0 && len(r.byUUID) >= r.maxEntries {
@@ -239,9 +239,9 @@ func (r *Registry) open(source string, ts time.Time, uuid string, key Key, s sid
 			}
 		}
 	}
-	stamps[sourceIndex(from)] = ts
+	stamps[sourceIndex(source)] = ts
 	ts = keepOrder(list, stamps, ts)
-	c := &claim{uuid: uuid, key: key, opened: ts, local: s, source: source, stamps: stamps}
+	c := &claim{uuid: uuid, key: key, opened: ts, local: s, source: credit, stamps: stamps}
 	c.closedAt.Store(closed)
 	i, _ := slices.BinarySearchFunc(list, ts, func(c *claim, t time.Time) int { return c.opened.Compare(t) })
 	list = slices.Insert(list, i, c)
