@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/headercap/headercap/internal/netns"
 )
 
 // requireNetns skips the test unless it can create network namespaces (as
@@ -106,30 +107,6 @@ func (tn *testNet) exec(t *testing.T, ns string, args ...string) {
 	mustRun(t, "ip", append([]string{"netns", "exec", ns}, args...)...)
 }
 
-// inNetns runs fn on a goroutine locked to an OS thread that joined the
-// namespace ns, and returns fn's error. The goroutine exits still locked,
-// so the Go runtime discards the thread and no other goroutine ever runs in
-// the namespace. Sockets fn creates stay in ns.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // liveFrame is what the test keeps of a handed frame.
 type liveFrame struct {
 	worker  int
@@ -202,7 +179,7 @@ func startLive(t *testing.T, ns string, cfg Config) *runningLive {
 	rl.cancel = cancel
 	created := make(chan error, 1)
 	go func() {
-		rl.done <- inNetns(ns, func() error {
+		rl.done <- netns.Do(ns, func() error {
 			l, err := NewLive(cfg, rl.handlers.newHandler, rl.reg)
 			rl.live = l
 			created <- err
@@ -259,7 +236,7 @@ type echoServer struct {
 func startEcho(t *testing.T, ns string, addrs ...netip.Addr) *echoServer {
 	t.Helper()
 	s := &echoServer{}
-	err := inNetns(ns, func() error {
+	err := netns.Do(ns, func() error {
 		for _, a := range addrs {
 			ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
 			if err != nil {
@@ -312,7 +289,7 @@ func (s *echoServer) addr(a netip.Addr) string {
 // connection, reads them back and closes. It returns the local ports.
 func exchange(ns, addr string, n, size int) ([]uint16, error) {
 	var ports []uint16
-	err := inNetns(ns, func() error {
+	err := netns.Do(ns, func() error {
 		msg := bytes.Repeat([]byte("headercap"), size/9+1)[:size]
 		buf := make([]byte, size)
 		for range n {
@@ -596,7 +573,7 @@ func TestLiveCapture(t *testing.T) {
 func interfaceIndex(t *testing.T, ns, dev string) int {
 	t.Helper()
 	var idx int
-	err := inNetns(ns, func() error {
+	err := netns.Do(ns, func() error {
 		ifc, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
@@ -625,7 +602,7 @@ func TestLiveVLAN(t *testing.T) {
 	tx := startLive(t, tn.nsB, cfg(tn.vethB))
 
 	var macA net.HardwareAddr
-	if err := inNetns(tn.nsA, func() error {
+	if err := netns.Do(tn.nsA, func() error {
 		ifc, err := net.InterfaceByName(tn.vethA)
 		if ifc != nil {
 			macA = ifc.HardwareAddr
@@ -647,7 +624,7 @@ func TestLiveVLAN(t *testing.T) {
 		withMAC(ether(etherTypeIPv4, ipv4(protoTCP, 4, 0, tcp))),
 	}
 	want := [][]byte{sent[0], sent[1], sent[4]}
-	err := inNetns(tn.nsB, func() error {
+	err := netns.Do(tn.nsB, func() error {
 		ifc, err := net.InterfaceByName(tn.vethB)
 		if err != nil {
 			return err
@@ -832,7 +809,7 @@ func TestLiveManyWorkers(t *testing.T) {
 func TestDefaultInterfacesInNamespace(t *testing.T) {
 	tn := newTestNet(t)
 	var got []string
-	err := inNetns(tn.nsA, func() (err error) {
+	err := netns.Do(tn.nsA, func() (err error) {
 		got, err = DefaultInterfaces()
 		return err
 	})
@@ -843,7 +820,7 @@ func TestDefaultInterfacesInNamespace(t *testing.T) {
 		t.Errorf("DefaultInterfaces = %v, want [%s]", got, tn.vethA)
 	}
 	tn.exec(t, tn.nsA, "ip", "link", "set", tn.vethA, "down")
-	err = inNetns(tn.nsA, func() error {
+	err = netns.Do(tn.nsA, func() error {
 		_, err := DefaultInterfaces()
 		return err
 	})

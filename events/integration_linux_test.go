@@ -24,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,7 +31,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
+
+	"github.com/headercap/headercap/internal/netns"
 )
 
 var update = flag.Bool("update", false, "rewrite "+recordedEvents+" from the real tcp-info (needs root)")
@@ -119,41 +119,6 @@ func newNetnsPair(t *testing.T) netnsPair {
 	return p
 }
 
-// inNetns runs fn on an OS thread switched into the named network
-// namespace; sockets fn creates stay in that namespace.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// If restoring the namespace fails, the thread stays locked and is
-		// destroyed when this goroutine exits.
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join("/run/netns", ns))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("restore netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // sinkServer accepts TCP connections and reads each until EOF.
 type sinkServer struct {
 	ln net.Listener
@@ -163,7 +128,7 @@ type sinkServer struct {
 func newSinkServer(t *testing.T, ns, addr string) *sinkServer {
 	t.Helper()
 	s := &sinkServer{}
-	err := inNetns(ns, func() (err error) {
+	err := netns.Do(ns, func() (err error) {
 		s.ln, err = net.Listen("tcp", addr)
 		return err
 	})
@@ -200,7 +165,7 @@ type flow struct {
 func dialFlow(t *testing.T, ns string, srv *sinkServer) *flow {
 	t.Helper()
 	f := &flow{}
-	err := inNetns(ns, func() (err error) {
+	err := netns.Do(ns, func() (err error) {
 		f.dialed = time.Now()
 		f.conn, err = net.DialTimeout("tcp", srv.ln.Addr().String(), 5*time.Second)
 		return err

@@ -31,6 +31,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/headercap/headercap/internal/netns"
 )
 
 // integrationPrefix is the content of the prefix file given to both
@@ -325,7 +327,7 @@ func runScenario(t *testing.T, n *testNet, sc scenario, withDestroy bool) result
 	sink := newFlowSink()
 	reg := prometheus.NewRegistry()
 	var src *Source
-	err := inNetns(n.server, func() error {
+	err := netns.Do(n.server, func() error {
 		cfg := Config{PrefixFile: prefixFile, MaxWait: sc.maxWait}
 		if withDestroy {
 			var err error
@@ -627,7 +629,7 @@ func TestIntegrationTupleReuse(t *testing.T) {
 			n := newTestNet(t)
 			sink := newFlowSink()
 			var src *Source
-			err := inNetns(n.server, func() error {
+			err := netns.Do(n.server, func() error {
 				cfg := Config{Prefix: integrationPrefix, MaxWait: 2 * time.Second}
 				if withDestroy {
 					var err error

@@ -19,13 +19,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/headercap/headercap/internal/netns"
 )
 
 // openQuerierIn opens a query socket in namespace ns.
 func openQuerierIn(t testing.TB, ns string) *nlQuerier {
 	t.Helper()
 	var q *nlQuerier
-	if err := inNetns(ns, func() (err error) { q, err = openQuerier(); return err }); err != nil {
+	if err := netns.Do(ns, func() (err error) { q, err = openQuerier(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.close() })
@@ -36,7 +38,7 @@ func openQuerierIn(t testing.TB, ns string) *nlQuerier {
 func openDestroyIn(t testing.TB, ns string) *nlDestroyReader {
 	t.Helper()
 	var d *nlDestroyReader
-	if err := inNetns(ns, func() (err error) { d, err = openDestroyReader(); return err }); err != nil {
+	if err := netns.Do(ns, func() (err error) { d, err = openDestroyReader(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.close() })
@@ -147,7 +149,7 @@ func (w *destroyWatcher) none(t testing.TB, cookie uint64, d time.Duration) {
 func TestKernelRequestSocket(t *testing.T) {
 	n := newTestNet(t)
 	var ln net.Listener
-	err := inNetns(n.server, func() (err error) {
+	err := netns.Do(n.server, func() (err error) {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
@@ -410,7 +412,7 @@ func TestKernelDestroyCapabilities(t *testing.T) {
 	var d *nlDestroyReader
 	var subErr error
 	var rcvbuf int
-	err = inNetns(n.server, func() error {
+	err = netns.Do(n.server, func() error {
 		return withoutNetAdmin(func() error {
 			d, subErr = openDestroyReader()
 			if d != nil {

@@ -14,8 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/headercap/headercap/internal/netns"
 )
 
 var (
@@ -140,41 +140,6 @@ func sweepStaleNetns() {
 	}
 }
 
-// inNetns runs fn on an OS thread switched into namespace ns. Sockets fn
-// creates stay in ns.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// If restoring fails the thread stays locked and dies with this
-		// goroutine, so no other goroutine runs in the wrong namespace.
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join("/run/netns", ns))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("restore netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // withoutNetAdmin runs fn with CAP_NET_ADMIN dropped from the calling
 // thread's effective set (capabilities are per thread); the caller has
 // locked its OS thread. The permitted set keeps it, so it is restored.
@@ -201,7 +166,7 @@ func withoutNetAdmin(fn func() error) error {
 func listen(t testing.TB, ns, network, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
-	err := inNetns(ns, func() (err error) {
+	err := netns.Do(ns, func() (err error) {
 		ln, err = net.Listen(network, addr)
 		return err
 	})
@@ -226,7 +191,7 @@ func newDialer(t testing.TB, ns string) *dialer {
 	ready := make(chan error, 1)
 	go func() {
 		defer close(d.done)
-		err := inNetns(ns, func() error {
+		err := netns.Do(ns, func() error {
 			ready <- nil
 			for f := range d.reqs {
 				f()

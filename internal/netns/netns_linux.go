@@ -10,13 +10,17 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // seq makes names unique among the pairs of one process.
@@ -321,4 +325,29 @@ func Exec(ctx context.Context, ns, name string, args ...string) ([]byte, error) 
 		return out, fmt.Errorf("netns: exec %s in %s: %w: %s", name, ns, err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// Do runs fn on an OS thread switched into the named network namespace and
+// returns fn's error. Sockets fn creates stay in that namespace. The
+// thread is never switched back: it stays locked, so the Go runtime
+// discards it when fn returns and no other goroutine ever runs in the
+// namespace.
+func Do(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open(filepath.Join("/run/netns", ns))
+		if err != nil {
+			errc <- err
+			return
+		}
+		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+		f.Close()
+		if err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -198,5 +199,29 @@ func TestSweepStale(t *testing.T) {
 func TestInvalidPrefix(t *testing.T) {
 	if _, err := New(context.Background(), Config{Prefix: "Bad/Name"}); err == nil {
 		t.Fatal("New accepted an invalid prefix")
+	}
+}
+
+// Do runs a function inside a namespace: only there can it bind the
+// namespace's address; the caller's thread stays where it was.
+func TestDo(t *testing.T) {
+	requireNetns(t)
+	p, err := New(context.Background(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	addr := netip.AddrPortFrom(p.Server.IPv4, 0).String()
+	var ln net.Listener
+	if err := Do(p.Server.Name, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatalf("listen on %s inside %s: %v", addr, p.Server.Name, err)
+	}
+	ln.Close()
+	if l, err := net.Listen("tcp", addr); err == nil {
+		l.Close()
+		t.Errorf("listen on %s outside the namespace succeeded", addr)
+	}
+	if err := Do("hc-no-such-namespace", func() error { return nil }); err == nil {
+		t.Error("Do in a missing namespace: no error")
 	}
 }

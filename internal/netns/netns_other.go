@@ -51,3 +51,6 @@ func (n Namespace) CommandContext(ctx context.Context, name string, args ...stri
 func (n Namespace) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
 	return nil, ErrNotSupported
 }
+
+// Do needs Linux.
+func Do(ns string, fn func() error) error { return ErrNotSupported }
