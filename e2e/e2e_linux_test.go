@@ -8,24 +8,21 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/headercap/headercap/internal/netns"
 	"github.com/headercap/headercap/internal/trafficgen"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // The daemon's settings in the test. Short, so the test is fast: long
@@ -40,249 +37,6 @@ const (
 	tcpinfoMetrics  = "127.0.0.1:9991"
 	serverPort      = 8080
 )
-
-// tools are the programs the test runs.
-type tools struct {
-	tcpinfo, tcpdump string
-}
-
-// requireTools skips (or, with HEADERCAP_REQUIRE_NETNS=1, fails) unless the
-// test can run: root, ip, tcpdump, zstd and tcp-info.
-func requireTools(t *testing.T) tools {
-	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	look := func(name string) string {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			missing = append(missing, name)
-		}
-		return p
-	}
-	look("ip")
-	look("zstd") // tcp-info compresses its own output with it
-	tl := tools{tcpdump: look("tcpdump")}
-	tl.tcpinfo = os.Getenv("TCPINFO_BIN")
-	if tl.tcpinfo == "" {
-		if root, err := rootOnce(); err == nil {
-			tl.tcpinfo = filepath.Join(root, ".bin", "tcp-info")
-		}
-	}
-	if _, err := os.Stat(tl.tcpinfo); tl.tcpinfo == "" || err != nil {
-		missing = append(missing, "tcp-info (run scripts/install-tools.sh or set TCPINFO_BIN)")
-	}
-	if len(missing) > 0 {
-		msg := "end-to-end test needs: " + strings.Join(missing, ", ")
-		if os.Getenv("HEADERCAP_REQUIRE_NETNS") == "1" {
-			t.Fatal("HEADERCAP_REQUIRE_NETNS=1 but the " + msg)
-		}
-		t.Skip(msg)
-	}
-	return tl
-}
-
-var rootOnce = sync.OnceValues(func() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("not inside the module")
-	}
-	return filepath.Dir(gomod), nil
-})
-
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	root, err := rootOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
-}
-
-var (
-	buildMu sync.Mutex
-	built   = map[string]string{}
-)
-
-// buildBinary builds a main package of the module once per test run. The
-// daemon can be replaced by a prebuilt binary with PACKET_HEADERS_BIN, and
-// built with the race detector with HEADERCAP_E2E_RACE=1.
-func buildBinary(t *testing.T, pkg string) string {
-	t.Helper()
-	if pkg == "./cmd/packet-headers" {
-		if bin := os.Getenv("PACKET_HEADERS_BIN"); bin != "" {
-			return bin
-		}
-	}
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	if bin, ok := built[pkg]; ok {
-		return bin
-	}
-	bin := filepath.Join(binDir, filepath.Base(pkg))
-	args := []string{"build", "-o", bin}
-	if os.Getenv("HEADERCAP_E2E_RACE") == "1" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, pkg)...)
-	cmd.Dir = moduleRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-	}
-	built[pkg] = bin
-	return bin
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
-
-// proc is a process of the test, with its combined output kept in memory
-// and in <work>/<name>.log.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  lockedBuffer
-	done chan struct{}
-	err  error // valid after done is closed
-}
-
-// startProc starts cmd. When the test ends, a process still running is
-// killed; if the test failed, the tail of its output is logged.
-func startProc(t *testing.T, work, name string, cmd *exec.Cmd) *proc {
-	t.Helper()
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	f, err := os.Create(filepath.Join(work, name+".log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := io.MultiWriter(&p.out, f)
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("---- %s (%s) output, last 60 lines ----\n%s", name, strings.Join(cmd.Args, " "), tail(p.out.Bytes(), 60))
-		}
-	})
-	return p
-}
-
-func tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = append([]string{fmt.Sprintf("[%d lines before]", len(lines)-n)}, lines[len(lines)-n:]...)
-	}
-	return strings.Join(lines, "\n")
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// waitOutput waits until the output contains s at least n times.
-func (p *proc) waitOutput(t *testing.T, s string, n int, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for bytes.Count(p.out.Bytes(), []byte(s)) < n {
-		if p.exited() {
-			t.Fatalf("%s exited (%v) before printing %q", p.name, p.err, s)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not print %q %d times within %v", p.name, s, n, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop sends sig and waits up to timeout for the exit. It returns the exit
-// code and how long the process took to exit (the process is killed and
-// the test fails after the timeout).
-func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) (int, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	if !p.exited() {
-		if err := p.cmd.Process.Signal(sig); err != nil && !p.exited() {
-			t.Errorf("signal %s: %v", p.name, err)
-		}
-	}
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.cmd.Process.Kill()
-		<-p.done
-		t.Errorf("%s did not exit within %v of %v; killed", p.name, timeout, sig)
-	}
-	return p.cmd.ProcessState.ExitCode(), time.Since(start)
-}
-
-// wait waits for the process to exit by itself.
-func (p *proc) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.cmd.Process.Kill()
-		<-p.done
-		t.Fatalf("%s did not finish within %v; killed", p.name, timeout)
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
-// enableKernelTimestamps holds a socket with SO_TIMESTAMPNS open while the
-// test runs. That turns on the kernel's global packet timestamping, so every
-// packet socket (tcpdump's and the daemon's) sees the same timestamp for
-// the packets the host sends; otherwise each socket may read the clock on
-// its own.
-func enableKernelTimestamps(t *testing.T) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatalf("socket: %v", err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
-		t.Fatalf("SO_TIMESTAMPNS: %v", err)
-	}
-	time.Sleep(50 * time.Millisecond) // the kernel enables it from a workqueue
-}
 
 // pipelineConfig says what runPipeline runs.
 type pipelineConfig struct {
@@ -338,12 +92,12 @@ var (
 // runPipeline runs tcp-info, the recorder, tcpdump, optionally the daemon,
 // and trafficgen in a fresh pair of namespaces, then stops everything in
 // order. Every process and the namespaces are cleaned up even on failure.
-func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
+func runPipeline(t *testing.T, tl e2etest.Tools, cfg pipelineConfig) *pipeline {
 	t.Helper()
-	tg := buildBinary(t, "./cmd/trafficgen")
+	tg := e2etest.BuildBinary(t, "./cmd/trafficgen")
 	var daemon string
 	if cfg.daemon {
-		daemon = buildBinary(t, "./cmd/packet-headers")
+		daemon = e2etest.BuildBinary(t, "./cmd/packet-headers")
 	}
 	work := t.TempDir()
 	if keep := os.Getenv("HEADERCAP_E2E_KEEP"); keep != "" {
@@ -368,7 +122,7 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 		}
 	}
 
-	enableKernelTimestamps(t)
+	e2etest.EnableKernelTimestamps(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	pair, err := netns.New(ctx, netns.Config{Prefix: "hce2e"})
@@ -392,10 +146,10 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 	}
 
 	// tcp-info, and our own recorder of its events.
-	var tcpinfo *proc
+	var tcpinfo *e2etest.Proc
 	var rec *Recorder
 	if !cfg.noTCPInfo {
-		tcpinfo = startProc(t, work, "tcp-info", srv.Command(tl.tcpinfo, append([]string{
+		tcpinfo = e2etest.StartProc(t, work, "tcp-info", srv.Command(tl.TCPInfo, append([]string{
 			"-tcpinfo.eventsocket", sock, "-output", filepath.Join(work, "tcpinfo"),
 			"-prometheusx.listen-address", tcpinfoMetrics}, prefixArgs...)...))
 		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
@@ -405,24 +159,24 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 			t.Fatalf("tcp-info eventsocket: %v", err)
 		}
 		t.Cleanup(func() { rec.Close() })
-		tcpinfo.waitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
+		tcpinfo.WaitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
 	}
 
 	// Ground truth.
-	dump := func(name string) *proc {
-		p := startProc(t, work, name, srv.Command(tl.tcpdump, "-i", netns.ServerVeth,
+	dump := func(name string) *e2etest.Proc {
+		p := e2etest.StartProc(t, work, name, srv.Command(tl.TCPDump, "-i", netns.ServerVeth,
 			"-w", filepath.Join(work, name+".pcap"), "-s", "0", "-U", "-n", "-B", "32768",
 			"-Z", "root", "--time-stamp-precision=nano", "tcp"))
-		p.waitOutput(t, "listening on", 1, 10*time.Second)
+		p.WaitOutput(t, "listening on", 1, 10*time.Second)
 		return p
 	}
-	dumps := []*proc{dump("ground")}
+	dumps := []*e2etest.Proc{dump("ground")}
 	if cfg.secondDump {
 		dumps = append(dumps, dump("second"))
 	}
 
 	// The daemon.
-	var ph *proc
+	var ph *e2etest.Proc
 	if cfg.daemon {
 		source := cfg.uuidSource
 		if source == "" {
@@ -446,15 +200,15 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 			args = append(args, "-tcpinfo.eventsocket", sock)
 		}
 		args = append(args, prefixArgs...)
-		ph = startProc(t, work, "packet-headers", srv.Command(daemon, args...))
+		ph = e2etest.StartProc(t, work, "packet-headers", srv.Command(daemon, args...))
 		// Ready when it listens to tcp-info and serves metrics.
 		if tcpinfo != nil {
-			tcpinfo.waitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
+			tcpinfo.WaitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
 		}
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			if ph.exited() {
-				t.Fatalf("packet-headers exited early: %v", ph.err)
+			if ph.Exited() {
+				t.Fatalf("packet-headers exited early: %v", ph.Err)
 			}
 			if _, err := srv.Exec(ctx, tg, "metrics", "http://"+daemonMetrics+"/metrics"); err == nil {
 				break
@@ -473,8 +227,8 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 	if cfg.cookies {
 		serveArgs = append(serveArgs, "-cookies", acceptsPath)
 	}
-	tgs := startProc(t, work, "trafficgen-serve", srv.Command(tg, serveArgs...))
-	tgs.waitOutput(t, "serving on", 1, 10*time.Second)
+	tgs := e2etest.StartProc(t, work, "trafficgen-serve", srv.Command(tg, serveArgs...))
+	tgs.WaitOutput(t, "serving on", 1, 10*time.Second)
 	connsPath := filepath.Join(work, "conns.jsonl")
 	mix, bulkSize := cfg.mix, cfg.bulkSize
 	if mix == "" {
@@ -484,7 +238,7 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 		bulkSize = 2 << 20
 	}
 	start := time.Now()
-	tgc := startProc(t, work, "trafficgen-client", pair.Client.Command(tg, "client",
+	tgc := e2etest.StartProc(t, work, "trafficgen-client", pair.Client.Command(tg, "client",
 		"-connect", listen,
 		"-conns", strconv.Itoa(cfg.conns),
 		"-parallel", strconv.Itoa(cfg.parallel),
@@ -494,10 +248,10 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 		"-hold-max", cfg.holdMax.String(),
 		"-seed", strconv.FormatUint(cfg.seed, 10),
 		"-out", connsPath))
-	if code := tgc.wait(t, 2*time.Minute); code != 0 {
-		t.Fatalf("trafficgen client failed (exit %d):\n%s", code, tail(tgc.out.Bytes(), 30))
+	if code := tgc.Wait(t, 2*time.Minute); code != 0 {
+		t.Fatalf("trafficgen client failed (exit %d):\n%s", code, e2etest.Tail(tgc.Out.Bytes(), 30))
 	}
-	t.Logf("traffic: %s (%v)", strings.TrimSpace(tail(tgc.out.Bytes(), 1)), time.Since(start).Round(time.Millisecond))
+	t.Logf("traffic: %s (%v)", strings.TrimSpace(e2etest.Tail(tgc.Out.Bytes(), 1)), time.Since(start).Round(time.Millisecond))
 
 	if cfg.daemon {
 		// Let every flow time out, read the metrics, then stop the daemon.
@@ -510,22 +264,22 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 		if err := os.WriteFile(filepath.Join(work, "metrics.txt"), m, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		code, took := ph.stop(t, syscall.SIGTERM, sigtermWait+10*time.Second)
+		code, took := ph.Stop(t, syscall.SIGTERM, sigtermWait+10*time.Second)
 		res.sigtermExit = took
 		if code != 0 {
-			t.Errorf("packet-headers exited with status %d after SIGTERM (%v), want 0", code, ph.err)
+			t.Errorf("packet-headers exited with status %d after SIGTERM (%v), want 0", code, ph.Err)
 		}
 		if took > sigtermWait+5*time.Second {
 			t.Errorf("packet-headers took %v to exit after SIGTERM (-sigtermwait %v)", took, sigtermWait)
 		}
-		res.daemonLog = ph.out.Bytes()
+		res.daemonLog = ph.Out.Bytes()
 		for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
 			if bytes.Contains(res.daemonLog, []byte(bad)) {
 				t.Errorf("packet-headers output contains %q", bad)
 			}
 		}
 	}
-	if code, _ := tgs.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+	if code, _ := tgs.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Errorf("trafficgen server exited with status %d", code)
 	}
 	if !cfg.daemon {
@@ -533,21 +287,21 @@ func runPipeline(t *testing.T, tl tools, cfg pipelineConfig) *pipeline {
 		time.Sleep(time.Second)
 	}
 	for _, d := range dumps {
-		d.stop(t, syscall.SIGINT, 10*time.Second)
-		out := d.out.Bytes()
+		d.Stop(t, syscall.SIGINT, 10*time.Second)
+		out := d.Out.Bytes()
 		drops, captured, received := dropRE.FindSubmatch(out), capturedRE.FindSubmatch(out), receivedRE.FindSubmatch(out)
 		if drops == nil || captured == nil || received == nil {
-			t.Fatalf("%s printed no statistics; the ground truth is unusable:\n%s", d.name, out)
+			t.Fatalf("%s printed no statistics; the ground truth is unusable:\n%s", d.Name, out)
 		}
 		if string(drops[1]) != "0" {
-			t.Fatalf("%s: %s packets dropped by the kernel; the ground truth is incomplete", d.name, drops[1])
+			t.Fatalf("%s: %s packets dropped by the kernel; the ground truth is incomplete", d.Name, drops[1])
 		}
 		if string(captured[1]) != string(received[1]) {
-			t.Fatalf("%s: %s packets captured of %s received; the ground truth is incomplete", d.name, captured[1], received[1])
+			t.Fatalf("%s: %s packets captured of %s received; the ground truth is incomplete", d.Name, captured[1], received[1])
 		}
 	}
 	if tcpinfo != nil {
-		tcpinfo.stop(t, syscall.SIGTERM, 10*time.Second)
+		tcpinfo.Stop(t, syscall.SIGTERM, 10*time.Second)
 		if err := rec.Wait(5 * time.Second); err != nil {
 			t.Errorf("event recorder: %v", err)
 		}
@@ -679,7 +433,7 @@ func checkHarness(t *testing.T, p *pipeline, wantConns int, names []OpenEvent, w
 // the ground truth. This also measures how far two packet sockets'
 // timestamps differ.
 func TestHarness(t *testing.T) {
-	tl := requireTools(t)
+	tl := e2etest.RequireTools(t, "end-to-end test")
 	const conns = 200
 	p := runPipeline(t, tl, pipelineConfig{secondDump: true, conns: conns, parallel: 16, seed: 11})
 	checkHarness(t, p, conns, p.opens, "tcp-info reported")
@@ -706,7 +460,7 @@ func TestHarness(t *testing.T) {
 // and without a prefix file, and both sources), checked against every
 // connection the server accepted (testNaming).
 func TestEndToEnd(t *testing.T) {
-	tl := requireTools(t)
+	tl := e2etest.RequireTools(t, "end-to-end test")
 	for _, tc := range []struct {
 		anonymize string
 		conns     int

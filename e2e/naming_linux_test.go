@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/headercap/headercap/internal/trafficgen"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // The traffic of the naming tests: many short connections at high
@@ -69,7 +71,7 @@ const namingScaleEnv = "HEADERCAP_E2E_NAMING_SCALE"
 // daemon and of tcp-info): each accepted socket's connection should have
 // exactly one file named <prefix>_<cookie as %016X> holding the ground
 // truth's packets of that connection; no other file may exist.
-func testNaming(t *testing.T, tl tools, tc namingCase) {
+func testNaming(t *testing.T, tl e2etest.Tools, tc namingCase) {
 	if v := os.Getenv(namingScaleEnv); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10 {

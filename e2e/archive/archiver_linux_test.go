@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // Object naming in every test.
@@ -53,11 +55,11 @@ func (c archiverConfig) args() []string {
 }
 
 // startArchiver starts pcap-archiver on the host.
-func startArchiver(t *testing.T, work string, c archiverConfig) *proc {
+func startArchiver(t *testing.T, work string, c archiverConfig) *e2etest.Proc {
 	t.Helper()
-	cmd := exec.Command(buildBinary(t, "./cmd/pcap-archiver"), c.args()...)
+	cmd := exec.Command(e2etest.BuildBinary(t, "./cmd/pcap-archiver"), c.args()...)
 	cmd.Env = append(os.Environ(), c.env...)
-	return startProc(t, work, "pcap-archiver", cmd)
+	return e2etest.StartProc(t, work, "pcap-archiver", cmd)
 }
 
 // readMetrics reads a /metrics page from the test's network namespace.
@@ -74,11 +76,11 @@ func readMetrics(t *testing.T, addr string) metrics {
 
 // waitMetrics waits until a /metrics server answers (the archiver is
 // running: it serves metrics once its store is open).
-func waitMetrics(t *testing.T, p *proc, addr string) {
+func waitMetrics(t *testing.T, p *e2etest.Proc, addr string) {
 	t.Helper()
-	waitFor(t, 15*time.Second, p.name+"'s /metrics", func() bool {
-		if p.exited() {
-			t.Fatalf("%s exited early (%v):\n%s", p.name, p.err, tail(p.out.Bytes(), 20))
+	waitFor(t, 15*time.Second, p.Name+"'s /metrics", func() bool {
+		if p.Exited() {
+			t.Fatalf("%s exited early (%v):\n%s", p.Name, p.Err, e2etest.Tail(p.Out.Bytes(), 20))
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
@@ -90,14 +92,14 @@ func waitMetrics(t *testing.T, p *proc, addr string) {
 // awaitDrained waits until the data dir holds no source and no spool file
 // (everything uploaded and deleted), or fails after timeout. sources, if
 // not nil, limits the sources waited for (others are expected to stay).
-func awaitDrained(t *testing.T, p *proc, datadir string, timeout time.Duration, sources map[string][32]byte) time.Duration {
+func awaitDrained(t *testing.T, p *e2etest.Proc, datadir string, timeout time.Duration, sources map[string][32]byte) time.Duration {
 	t.Helper()
 	start := time.Now()
 	var st *dirState
 	deadline := start.Add(timeout)
 	for {
-		if p != nil && p.exited() {
-			t.Fatalf("%s exited (%v) before the data dir was drained:\n%s", p.name, p.err, tail(p.out.Bytes(), 30))
+		if p != nil && p.Exited() {
+			t.Fatalf("%s exited (%v) before the data dir was drained:\n%s", p.Name, p.Err, e2etest.Tail(p.Out.Bytes(), 30))
 		}
 		st = scanDir(t, datadir)
 		left := 0
@@ -122,7 +124,7 @@ type versity struct {
 	bin, work, dir string
 	port           int
 	access, secret string
-	p              *proc
+	p              *e2etest.Proc
 }
 
 func newVersity(t *testing.T, work string) *versity {
@@ -146,11 +148,11 @@ func (v *versity) endpoint() string { return "http://127.0.0.1:" + strconv.Itoa(
 // start runs the gateway and waits until it accepts connections.
 func (v *versity) start(t *testing.T) {
 	t.Helper()
-	v.p = startProc(t, v.work, "versitygw", exec.Command(v.bin, "--access", v.access, "--secret", v.secret,
+	v.p = e2etest.StartProc(t, v.work, "versitygw", exec.Command(v.bin, "--access", v.access, "--secret", v.secret,
 		"--port", "127.0.0.1:"+strconv.Itoa(v.port), "--quiet", "posix", v.dir))
 	waitFor(t, 20*time.Second, "versitygw to listen", func() bool {
-		if v.p.exited() {
-			t.Fatalf("versitygw exited (%v):\n%s", v.p.err, v.p.out.Bytes())
+		if v.p.Exited() {
+			t.Fatalf("versitygw exited (%v):\n%s", v.p.Err, v.p.Out.Bytes())
 		}
 		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(v.port), time.Second)
 		if err != nil {
@@ -162,7 +164,7 @@ func (v *versity) start(t *testing.T) {
 }
 
 // stop kills the gateway (as a crash or a network outage would end it).
-func (v *versity) stop(t *testing.T) { v.p.kill(t) }
+func (v *versity) stop(t *testing.T) { v.p.Kill(t) }
 
 // createBucket makes a bucket: with the posix backend, a directory.
 func (v *versity) createBucket(t *testing.T, name string) dirBucket {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/headercap/headercap/archive"
 	"github.com/headercap/headercap/upload/uploadtest"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // checkNoLoss checks the safety invariant at any moment: every file of the
@@ -51,7 +53,7 @@ func TestArchiverKill9(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed, 0x6b696c6c))
 	gcs := uploadtest.StartFakeGCS(t)
 	gcs.CreateBucket(t, "kill")
-	work := workDir(t)
+	work := e2etest.WorkDir(t)
 	datadir := filepath.Join(work, "data")
 	set := writeSynth(t, r, datadir, 3000, 500)
 	t.Logf("data set: %d files, %.1f MB in %v", len(set.files), float64(set.bytes)/1e6, synthDates)
@@ -92,10 +94,10 @@ func TestArchiverKill9(t *testing.T) {
 			point = "uploaded #" + strconv.Itoa(n)
 		}
 		time.Sleep(time.Duration(r.Int64N(int64(3 * time.Millisecond))))
-		if p.exited() {
-			t.Fatalf("pcap-archiver exited by itself (%v):\n%s", p.err, tail(p.out.Bytes(), 30))
+		if p.Exited() {
+			t.Fatalf("pcap-archiver exited by itself (%v):\n%s", p.Err, e2etest.Tail(p.Out.Bytes(), 30))
 		}
-		p.kill(t)
+		p.Kill(t)
 		checkLog(t, p)
 		objs, junk := bk.read(t)
 		if len(junk) > 0 {
@@ -137,7 +139,7 @@ func TestArchiverKill9(t *testing.T) {
 	waitMetrics(t, p, cfg.metrics)
 	took := awaitDrained(t, p, datadir, 90*time.Second, nil)
 	m := readMetrics(t, cfg.metrics)
-	if code, _ := p.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+	if code, _ := p.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Errorf("pcap-archiver exited with status %d after SIGTERM, want 0", code)
 	}
 	checkLog(t, p)
@@ -161,10 +163,10 @@ func TestArchiverKill9(t *testing.T) {
 }
 
 // waitOutputOr waits until p has printed s n times; false on timeout.
-func waitOutputOr(p *proc, s string, n int, timeout time.Duration) bool {
+func waitOutputOr(p *e2etest.Proc, s string, n int, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
-	for p.out.count(s) < n {
-		if p.exited() || time.Now().After(deadline) {
+	for p.Out.Count(s) < n {
+		if p.Exited() || time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(time.Millisecond)
@@ -182,7 +184,7 @@ func waitOutputOr(p *proc, s string, n int, timeout time.Duration) bool {
 func TestStorageOutage(t *testing.T) {
 	seed := seedFor(t)
 	r := rand.New(rand.NewPCG(seed, 0x6f757461))
-	work := workDir(t)
+	work := e2etest.WorkDir(t)
 	v := newVersity(t, work)
 	v.start(t)
 	bk := v.createBucket(t, "outage")
@@ -201,7 +203,7 @@ func TestStorageOutage(t *testing.T) {
 	want := naming{experiment, datatype, "mlab2-abc0t"}
 	p := startArchiver(t, work, cfg)
 	n := 2 + r.IntN(6)
-	p.waitOutput(t, "archive: uploaded bundle", n, 30*time.Second)
+	p.WaitOutput(t, "archive: uploaded bundle", n, 30*time.Second)
 	v.stop(t)
 	down := time.Now()
 	t.Logf("versitygw stopped after %d uploads", n)
@@ -250,12 +252,12 @@ func TestStorageOutage(t *testing.T) {
 	// A second outage, and this time the archiver is stopped while the
 	// server is down: it must exit in time, leaving its sealed bundles for
 	// the next start, which uploads them under their original names.
-	uploads := p.out.count("archive: uploaded bundle")
-	p.waitOutput(t, "archive: uploaded bundle", uploads+3, 30*time.Second)
+	uploads := p.Out.Count("archive: uploaded bundle")
+	p.WaitOutput(t, "archive: uploaded bundle", uploads+3, 30*time.Second)
 	v.stop(t)
 	time.Sleep(time.Second)
 	st3 := scanDir(t, datadir)
-	code, took := p.stop(t, syscall.SIGTERM, 15*time.Second)
+	code, took := p.Stop(t, syscall.SIGTERM, 15*time.Second)
 	if code != 0 {
 		t.Errorf("pcap-archiver exited with status %d after SIGTERM during the outage, want 0", code)
 	}
@@ -286,7 +288,7 @@ func TestStorageOutage(t *testing.T) {
 	drained := awaitDrained(t, p, datadir, 60*time.Second, nil)
 	t.Logf("restarted: drained in %v", drained.Round(time.Millisecond))
 	m = readMetrics(t, cfg.metrics)
-	if code, _ := p.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+	if code, _ := p.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Errorf("pcap-archiver exited with status %d after SIGTERM, want 0", code)
 	}
 	checkLog(t, p)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/headercap/headercap/internal/netns"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // TestSecondArchiverRefused starts a second archiver on a data dir whose
@@ -21,7 +23,7 @@ import (
 // start, with a message that says why, rather than run without archiving
 // or touch the first one's spool.
 func TestSecondArchiverRefused(t *testing.T) {
-	work := workDir(t)
+	work := e2etest.WorkDir(t)
 	datadir := filepath.Join(work, "data")
 	bucketDir := filepath.Join(work, "bucket")
 	for _, d := range []string{datadir, bucketDir} {
@@ -44,9 +46,9 @@ func TestSecondArchiverRefused(t *testing.T) {
 		second := first
 		second.metrics = "127.0.0.1:" + strconv.Itoa(freePort(t))
 		q := startArchiver(t, work, second)
-		code := q.wait(t, 15*time.Second)
-		if code == 0 || !strings.Contains(string(q.out.Bytes()), why) {
-			t.Errorf("second pcap-archiver exited with status %d, want 1 with %q:\n%s", code, why, q.out.Bytes())
+		code := q.Wait(t, 15*time.Second)
+		if code == 0 || !strings.Contains(string(q.Out.Bytes()), why) {
+			t.Errorf("second pcap-archiver exited with status %d, want 1 with %q:\n%s", code, why, q.Out.Bytes())
 		}
 	})
 
@@ -68,29 +70,29 @@ func TestSecondArchiverRefused(t *testing.T) {
 				t.Errorf("remove namespaces: %v", err)
 			}
 		})
-		daemon := buildBinary(t, "./cmd/packet-headers")
+		daemon := e2etest.BuildBinary(t, "./cmd/packet-headers")
 		args := []string{"-interface", netns.ServerVeth, "-datadir", datadir,
 			"-archive.url", "file://" + bucketDir, "-archive.experiment", experiment,
 			"-prometheusx.listen-address", "127.0.0.1:9990"}
 		if daemonHasFlag(t, daemon, "uuid.source") {
 			args = append(args, "-uuid.source", "netlink") // no tcp-info needed
 		}
-		q := startProc(t, work, "packet-headers", pair.Server.Command(daemon, args...))
+		q := e2etest.StartProc(t, work, "packet-headers", pair.Server.Command(daemon, args...))
 		select {
-		case <-q.done:
-			code := q.cmd.ProcessState.ExitCode()
-			if code == 0 || !strings.Contains(string(q.out.Bytes()), why) {
-				t.Errorf("packet-headers exited with status %d, want 1 with %q:\n%s", code, why, q.out.Bytes())
+		case <-q.Done():
+			code := q.Cmd.ProcessState.ExitCode()
+			if code == 0 || !strings.Contains(string(q.Out.Bytes()), why) {
+				t.Errorf("packet-headers exited with status %d, want 1 with %q:\n%s", code, why, q.Out.Bytes())
 			}
 			return
 		case <-time.After(3 * time.Second):
 		}
-		code, _ := q.stop(t, syscall.SIGTERM, 15*time.Second)
+		code, _ := q.Stop(t, syscall.SIGTERM, 15*time.Second)
 		t.Errorf("packet-headers with -archive.url kept running for 3 s although its archiver could not lock the spool (held by pcap-archiver); after SIGTERM it exited with status %d:\n%s",
-			code, tail(q.out.Bytes(), 5))
+			code, e2etest.Tail(q.Out.Bytes(), 5))
 	})
 
-	if code, _ := p.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+	if code, _ := p.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Errorf("first pcap-archiver exited with status %d after SIGTERM, want 0", code)
 	}
 	checkLog(t, p)

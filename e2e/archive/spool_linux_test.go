@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/headercap/headercap/archive"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // TestDamagedSpool starts pcap-archiver on a data dir and spool dir left in
@@ -34,7 +36,7 @@ import (
 func TestDamagedSpool(t *testing.T) {
 	seed := seedFor(t)
 	r := rand.New(rand.NewPCG(seed, 0x73706f6f))
-	work := workDir(t)
+	work := e2etest.WorkDir(t)
 	datadir := filepath.Join(work, "data")
 	spool := filepath.Join(datadir, spoolName)
 	bucketDir := filepath.Join(work, "bucket")
@@ -167,7 +169,7 @@ func TestDamagedSpool(t *testing.T) {
 	took := awaitDrained(t, p, datadir, 60*time.Second, set.files)
 	time.Sleep(200 * time.Millisecond) // the ignored-file census runs with the first scan
 	m := readMetrics(t, cfg.metrics)
-	if code, _ := p.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+	if code, _ := p.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Errorf("pcap-archiver exited with status %d after SIGTERM, want 0", code)
 	}
 	checkLog(t, p)
@@ -263,7 +265,7 @@ func TestDamagedSpool(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"removed unsealed spool file", "rebuilt damaged tarball", "QUARANTINED sealed bundle", "quarantined source file", "re-sealed under a new name"} {
-		if !bytes.Contains(p.out.Bytes(), []byte(s)) {
+		if !bytes.Contains(p.Out.Bytes(), []byte(s)) {
 			t.Errorf("pcap-archiver did not log %q", s)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/headercap/headercap/upload/uploadtest"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // TestThroughput reports how fast pcap-archiver drains a backlog: to the
@@ -45,7 +47,7 @@ func TestThroughput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 0x73706565))
-			work := workDir(t)
+			work := e2etest.WorkDir(t)
 			datadir := filepath.Join(work, "data")
 			if err := os.MkdirAll(filepath.Join(work, "bucket"), 0o755); err != nil {
 				t.Fatal(err)
@@ -62,7 +64,7 @@ func TestThroughput(t *testing.T) {
 			p := startArchiver(t, work, cfg)
 			took := awaitDrained(t, p, datadir, 60*time.Second, nil)
 			m := readMetrics(t, cfg.metrics)
-			if code, _ := p.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+			if code, _ := p.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 				t.Errorf("pcap-archiver exited with status %d after SIGTERM, want 0", code)
 			}
 			checkLog(t, p)
@@ -72,7 +74,7 @@ func TestThroughput(t *testing.T) {
 			up := m.value("pcap_archive_uploaded_bytes_total")
 			upSecs := m.value("pcap_archive_upload_duration_seconds_sum")
 			ups := m.value("pcap_archive_upload_duration_seconds_count")
-			cpu := p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
+			cpu := p.Cmd.ProcessState.UserTime() + p.Cmd.ProcessState.SystemTime()
 			t.Logf("%s: %d files, %.1f MB archived into %d objects (%.1f MB) in %v (from start to empty data dir, backlog already there): %s of flow files; pcap-archiver used %v of CPU: %s per CPU-second",
 				tc.name, len(set.files), float64(set.bytes)/1e6, len(objs), float64(a.compressed)/1e6, took.Round(time.Millisecond), rate(set.bytes, took),
 				cpu.Round(time.Millisecond), rate(set.bytes, cpu))

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/headercap/headercap/e2e"
 	"github.com/headercap/headercap/internal/netns"
+
+	"github.com/headercap/headercap/internal/e2etest"
 )
 
 // The daemon's settings in the traffic tests, as in the capture
@@ -70,7 +70,7 @@ type trafficCase struct {
 // since the archiver ships the published bytes unchanged, differences there
 // are the capture's and are logged (prefix CAPTURE:), not failed.
 func TestTrafficToBucket(t *testing.T) {
-	tl := requireNetTools(t)
+	tl := e2etest.RequireTools(t, "archive end-to-end test", "ss")
 	seed := seedFor(t)
 	for i, tc := range []trafficCase{
 		{name: "file", backend: "file", node: "third-party", conns: 300},
@@ -94,11 +94,11 @@ type storage struct {
 func startStorage(t *testing.T, work string, ns netns.Namespace, backend, tg string) storage {
 	t.Helper()
 	ctx := t.Context()
-	listening := func(p *proc) {
+	listening := func(p *e2etest.Proc) {
 		t.Helper()
-		waitFor(t, 20*time.Second, p.name+" to listen on "+storageAddr, func() bool {
-			if p.exited() {
-				t.Fatalf("%s exited (%v):\n%s", p.name, p.err, p.out.Bytes())
+		waitFor(t, 20*time.Second, p.Name+" to listen on "+storageAddr, func() bool {
+			if p.Exited() {
+				t.Fatalf("%s exited (%v):\n%s", p.Name, p.Err, p.Out.Bytes())
 			}
 			out, err := ns.Exec(ctx, "ss", "-Hltn", "sport = :"+strings.Split(storageAddr, ":")[1])
 			return err == nil && len(strings.TrimSpace(string(out))) > 0
@@ -118,7 +118,7 @@ func startStorage(t *testing.T, work string, ns netns.Namespace, backend, tg str
 			t.Fatal(err)
 		}
 		host, port, _ := strings.Cut(storageAddr, ":")
-		p := startProc(t, work, "fake-gcs-server", ns.Command(fakeGCSBin(t), "-scheme", "http", "-host", host, "-port", port,
+		p := e2etest.StartProc(t, work, "fake-gcs-server", ns.Command(fakeGCSBin(t), "-scheme", "http", "-host", host, "-port", port,
 			"-backend", "memory", "-data", data, "-log-level", "warn"))
 		listening(p)
 		endpoint := "http://" + storageAddr
@@ -135,7 +135,7 @@ func startStorage(t *testing.T, work string, ns netns.Namespace, backend, tg str
 			t.Fatal(err)
 		}
 		v := &versity{access: "archive-e2e-access", secret: "archive-e2e-secret-0c7d5e"}
-		p := startProc(t, work, "versitygw", ns.Command(versityBin(t), "--access", v.access, "--secret", v.secret,
+		p := e2etest.StartProc(t, work, "versitygw", ns.Command(versityBin(t), "--access", v.access, "--secret", v.secret,
 			"--port", storageAddr, "--quiet", "posix", dir))
 		listening(p)
 		return storage{
@@ -176,14 +176,14 @@ var (
 	receivedRE = regexp.MustCompile(`(\d+) packets? received by filter`)
 )
 
-func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
-	tg := buildBinary(t, "./cmd/trafficgen")
-	daemon := buildBinary(t, "./cmd/packet-headers")
+func runTraffic(t *testing.T, tl e2etest.Tools, tc trafficCase, seed uint64) {
+	tg := e2etest.BuildBinary(t, "./cmd/trafficgen")
+	daemon := e2etest.BuildBinary(t, "./cmd/packet-headers")
 	var archiver string
 	if tc.sidecar {
-		archiver = buildBinary(t, "./cmd/pcap-archiver")
+		archiver = e2etest.BuildBinary(t, "./cmd/pcap-archiver")
 	}
-	work := workDir(t)
+	work := e2etest.WorkDir(t)
 	datadir := filepath.Join(work, "data")
 	for _, d := range []string{datadir, filepath.Join(work, "tcpinfo")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -198,7 +198,7 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	sock := filepath.Join(sockDir, "events.sock")
 
-	enableKernelTimestamps(t)
+	e2etest.EnableKernelTimestamps(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	pair, err := netns.New(ctx, netns.Config{Prefix: "hcarch"})
@@ -214,7 +214,7 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 	st := startStorage(t, work, srv, tc.backend, tg)
 
 	// tcp-info, and an independent recorder of its events.
-	tcpinfo := startProc(t, work, "tcp-info", srv.Command(tl.tcpinfo,
+	tcpinfo := e2etest.StartProc(t, work, "tcp-info", srv.Command(tl.TCPInfo,
 		"-tcpinfo.eventsocket", sock, "-output", filepath.Join(work, "tcpinfo"),
 		"-prometheusx.listen-address", tcpinfoMetrics))
 	rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
@@ -224,25 +224,25 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 		t.Fatalf("tcp-info eventsocket: %v", err)
 	}
 	t.Cleanup(func() { rec.Close() })
-	tcpinfo.waitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
+	tcpinfo.WaitOutput(t, "Adding new TCP event client", 1, 10*time.Second)
 
 	// Ground truth.
-	dump := startProc(t, work, "tcpdump", srv.Command(tl.tcpdump, "-i", netns.ServerVeth,
+	dump := e2etest.StartProc(t, work, "tcpdump", srv.Command(tl.TCPDump, "-i", netns.ServerVeth,
 		"-w", filepath.Join(work, "ground.pcap"), "-s", "0", "-U", "-n", "-B", "32768",
 		"-Z", "root", "--time-stamp-precision=nano", "tcp"))
-	dump.waitOutput(t, "listening on", 1, 10*time.Second)
+	dump.WaitOutput(t, "listening on", 1, 10*time.Second)
 
 	// An independent record of every file the daemon publishes.
 	pub := watchPublished(t, datadir, filepath.Join(work, "published"))
 
 	// The sidecar, watching the data dir before the daemon starts.
-	var sidecar *proc
+	var sidecar *e2etest.Proc
 	if tc.sidecar {
 		cmd := srv.Command(archiver, append([]string{"-datadir", datadir, "-sigtermwait", sigtermWait.String(),
 			"-prometheusx.listen-address", sidecarMetrics}, archiveArgs(st, tc.node, false)...)...)
 		cmd.Env = append(os.Environ(), st.env...)
-		sidecar = startProc(t, work, "pcap-archiver", cmd)
-		sidecar.waitOutput(t, "archiving ", 1, 15*time.Second)
+		sidecar = e2etest.StartProc(t, work, "pcap-archiver", cmd)
+		sidecar.WaitOutput(t, "archiving ", 1, 15*time.Second)
 	}
 
 	// The daemon.
@@ -273,35 +273,35 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 	}
 	cmd := srv.Command(daemon, args...)
 	cmd.Env = env
-	ph := startProc(t, work, "packet-headers", cmd)
-	tcpinfo.waitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
+	ph := e2etest.StartProc(t, work, "packet-headers", cmd)
+	tcpinfo.WaitOutput(t, "Adding new TCP event client", 2, 15*time.Second)
 	nsMetrics := func(addr string) (metrics, error) {
 		mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
 		defer mcancel()
 		return srv.Exec(mctx, tg, "metrics", "http://"+addr+"/metrics")
 	}
 	waitFor(t, 15*time.Second, "packet-headers' metrics", func() bool {
-		if ph.exited() {
-			t.Fatalf("packet-headers exited early (%v):\n%s", ph.err, tail(ph.out.Bytes(), 20))
+		if ph.Exited() {
+			t.Fatalf("packet-headers exited early (%v):\n%s", ph.Err, e2etest.Tail(ph.Out.Bytes(), 20))
 		}
 		_, err := nsMetrics(daemonMetrics)
 		return err == nil
 	})
-	if !tc.sidecar && !strings.Contains(string(ph.out.Bytes()), "archiving to") {
-		t.Fatalf("packet-headers does not say it archives:\n%s", tail(ph.out.Bytes(), 20))
+	if !tc.sidecar && !strings.Contains(string(ph.Out.Bytes()), "archiving to") {
+		t.Fatalf("packet-headers does not say it archives:\n%s", e2etest.Tail(ph.Out.Bytes(), 20))
 	}
 	time.Sleep(500 * time.Millisecond) // let the capture sockets settle
 
 	// Traffic.
 	listen := fmt.Sprintf("%s,%s", netip.AddrPortFrom(srv.IPv4, serverPort), netip.AddrPortFrom(srv.IPv6, serverPort))
-	tgs := startProc(t, work, "trafficgen-serve", srv.Command(tg, "serve", "-listen", listen))
-	tgs.waitOutput(t, "serving on", 1, 10*time.Second)
+	tgs := e2etest.StartProc(t, work, "trafficgen-serve", srv.Command(tg, "serve", "-listen", listen))
+	tgs.WaitOutput(t, "serving on", 1, 10*time.Second)
 	start := time.Now()
 	conns := tc.conns
 	if tc.early {
 		conns *= 10 // killed before it is done
 	}
-	tgc := startProc(t, work, "trafficgen-client", pair.Client.Command(tg, "client",
+	tgc := e2etest.StartProc(t, work, "trafficgen-client", pair.Client.Command(tg, "client",
 		"-connect", listen,
 		"-conns", strconv.Itoa(conns),
 		"-parallel", "16",
@@ -317,13 +317,13 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 		// while their flows are live.
 		d := 3*time.Second + time.Duration(seed%2000)*time.Millisecond
 		time.Sleep(d)
-		tgc.kill(t)
+		tgc.Kill(t)
 		t.Logf("traffic: trafficgen client killed after %v", d)
 	} else {
-		if code := tgc.wait(t, 2*time.Minute); code != 0 {
-			t.Fatalf("trafficgen client failed (exit %d):\n%s", code, tail(tgc.out.Bytes(), 30))
+		if code := tgc.Wait(t, 2*time.Minute); code != 0 {
+			t.Fatalf("trafficgen client failed (exit %d):\n%s", code, e2etest.Tail(tgc.Out.Bytes(), 30))
 		}
-		t.Logf("traffic: %s (%v)", strings.TrimSpace(tail(tgc.out.Bytes(), 1)), time.Since(start).Round(time.Millisecond))
+		t.Logf("traffic: %s (%v)", strings.TrimSpace(e2etest.Tail(tgc.Out.Bytes(), 1)), time.Since(start).Round(time.Millisecond))
 	}
 
 	// Either let every flow end, so that the files the daemon published
@@ -361,9 +361,9 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 		written, before.value("pcap_demuxer_savers_active"), archiveMetrics.value("pcap_archive_files_archived_total"),
 		archiveMetrics.value("pcap_archive_bundles_sealed_total"), archiveMetrics.value(`pcap_archive_uploads_total{result="success"}`))
 
-	code, took := ph.stop(t, syscall.SIGTERM, 2*sigtermWait+10*time.Second)
+	code, took := ph.Stop(t, syscall.SIGTERM, 2*sigtermWait+10*time.Second)
 	if code != 0 {
-		t.Errorf("packet-headers exited with status %d after SIGTERM (%v), want 0", code, ph.err)
+		t.Errorf("packet-headers exited with status %d after SIGTERM (%v), want 0", code, ph.Err)
 	}
 	checkLog(t, ph)
 	t.Logf("packet-headers exited %v after SIGTERM", took.Round(time.Millisecond))
@@ -380,19 +380,19 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 			t.Fatalf("read sidecar metrics: %v", err)
 		}
 		archivedBySidecar = int(m.value("pcap_archive_files_archived_total"))
-		code, _ := sidecar.stop(t, syscall.SIGTERM, sigtermWait+10*time.Second)
+		code, _ := sidecar.Stop(t, syscall.SIGTERM, sigtermWait+10*time.Second)
 		if code != 0 {
-			t.Errorf("pcap-archiver exited with status %d after SIGTERM (%v), want 0", code, sidecar.err)
+			t.Errorf("pcap-archiver exited with status %d after SIGTERM (%v), want 0", code, sidecar.Err)
 		}
 		checkLog(t, sidecar)
 		t.Logf("sidecar drained the data dir %v after the daemon exited; metrics:\n%s", took.Round(time.Millisecond),
 			m.grep("pcap_archive_uploads_total", "pcap_archive_files_archived_total", "pcap_archive_bundles_sealed_total", "pcap_archive_hints_dropped_total"))
 	}
-	if code, _ := tgs.stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
+	if code, _ := tgs.Stop(t, syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Errorf("trafficgen server exited with status %d", code)
 	}
-	dump.stop(t, syscall.SIGINT, 10*time.Second)
-	out := dump.out.Bytes()
+	dump.Stop(t, syscall.SIGINT, 10*time.Second)
+	out := dump.Out.Bytes()
 	drops, captured, received := dropRE.FindSubmatch(out), capturedRE.FindSubmatch(out), receivedRE.FindSubmatch(out)
 	if drops == nil || captured == nil || received == nil {
 		t.Fatalf("tcpdump printed no statistics; the ground truth is unusable:\n%s", out)
@@ -400,7 +400,7 @@ func runTraffic(t *testing.T, tl netTools, tc trafficCase, seed uint64) {
 	if string(drops[1]) != "0" || string(captured[1]) != string(received[1]) {
 		t.Fatalf("tcpdump: %s dropped, %s captured of %s received; the ground truth is incomplete", drops[1], captured[1], received[1])
 	}
-	tcpinfo.stop(t, syscall.SIGTERM, 10*time.Second)
+	tcpinfo.Stop(t, syscall.SIGTERM, 10*time.Second)
 	if err := rec.Wait(5 * time.Second); err != nil {
 		t.Errorf("event recorder: %v", err)
 	}
@@ -466,20 +466,4 @@ func daemonHasFlag(t *testing.T, bin, name string) bool {
 	t.Helper()
 	out, _ := exec.Command(bin, "-help").CombinedOutput()
 	return strings.Contains(string(out), "  -"+name+" ")
-}
-
-// enableKernelTimestamps holds a socket with SO_TIMESTAMPNS open while the
-// test runs, so that every packet socket (tcpdump's and the daemon's) sees
-// the same timestamp for the packets the host sends (see ../README.md).
-func enableKernelTimestamps(t *testing.T) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatalf("socket: %v", err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
-		t.Fatalf("SO_TIMESTAMPNS: %v", err)
-	}
-	time.Sleep(50 * time.Millisecond) // the kernel enables it from a workqueue
 }
